@@ -1,0 +1,3 @@
+from geoworker.cli import main
+
+raise SystemExit(main())
