@@ -1,0 +1,170 @@
+"""Output grids, world files, PAM sidecars and the warp to another CRS.
+
+Everything but `warp_image` is arithmetic on Affine transforms and CRSs.
+"""
+
+from __future__ import annotations
+
+import math
+from xml.sax.saxutils import escape
+
+import numpy as np
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.warp import reproject, transform as transform_points, transform_bounds
+
+WGS84 = CRS.from_epsg(4326)
+
+
+def scaled_transform(transform: Affine, src_size: tuple[int, int], out_size: tuple[int, int]) -> Affine:
+    """The transform of the same footprint sampled on a coarser (or finer) pixel grid.
+
+    Args:
+        transform: the source grid's affine transform (rotation terms kept).
+        src_size: (width, height) of the source grid.
+        out_size: (width, height) of the output grid.
+    Returns:
+        the output grid's transform.
+    """
+    return transform * Affine.scale(src_size[0] / out_size[0], src_size[1] / out_size[1])
+
+
+def world_file_lines(transform: Affine) -> list[str]:
+    """The six lines of an ESRI world file: A, D, B, E, C, F.
+
+    C and F are the centre of the upper-left pixel (not its corner, as in a GDAL
+    geotransform); values keep full float precision (repr round-trips exactly).
+
+    Args:
+        transform: the output grid's affine transform.
+    Returns:
+        six strings.
+    """
+    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
+    centre_x = c + a / 2 + b / 2
+    centre_y = f + d / 2 + e / 2
+    return [repr(float(v)) for v in (a, d, b, e, centre_x, centre_y)]
+
+
+def transform_from_world_file(lines: list[str]) -> Affine:
+    """Args: lines: a world file's six values. Returns: the corner-based Affine transform."""
+    a, d, b, e, cx, cy = (float(v) for v in lines[:6])
+    return Affine(a, b, cx - a / 2 - b / 2, d, e, cy - d / 2 - e / 2)
+
+
+def pam_xml(crs: CRS | None, transform: Affine) -> str:
+    """A GDAL PAM (.aux.xml) document giving a PNG its CRS and geotransform.
+
+    Without a dataAxisToSRSAxisMapping attribute GDAL applies the traditional GIS
+    axis order (x = easting/longitude), which is what the world file uses.
+
+    Args:
+        crs: the output CRS, or None.
+        transform: the output grid's transform.
+    Returns:
+        the XML text.
+    """
+    gt = ", ".join(repr(float(v)) for v in transform.to_gdal())
+    srs = f"  <SRS>{escape(crs.to_wkt())}</SRS>\n" if crs else ""
+    return f"<PAMDataset>\n{srs}  <GeoTransform>{gt}</GeoTransform>\n</PAMDataset>\n"
+
+
+def grid_corners(transform: Affine, width: int, height: int) -> dict[str, tuple[float, float]]:
+    """The outer corners of a pixel grid in its own CRS.
+
+    Args:
+        transform: the grid's transform.
+        width: columns.
+        height: rows.
+    Returns:
+        upper_left, upper_right, lower_right, lower_left as (x, y).
+    """
+    points = {"upper_left": (0, 0), "upper_right": (width, 0), "lower_right": (width, height), "lower_left": (0, height)}
+    return {name: tuple(float(v) for v in transform * p) for name, p in points.items()}
+
+
+def grid_bounds(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:
+    """Args: transform, width, height: a grid. Returns: (left, bottom, right, top) of its corners."""
+    xs, ys = zip(*grid_corners(transform, width, height).values())
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def corners_to_wgs84(crs: CRS, corners: dict[str, tuple[float, float]]) -> dict[str, list[float]]:
+    """Args: crs: the corners' CRS; corners: as grid_corners returns. Returns: the same corners as [lon, lat]."""
+    xs, ys = transform_points(crs, WGS84, [p[0] for p in corners.values()], [p[1] for p in corners.values()])
+    return {name: [float(x), float(y)] for name, x, y in zip(corners, xs, ys)}
+
+
+def bounds_to_wgs84(crs: CRS, bounds: tuple[float, float, float, float]) -> list[float]:
+    """Args: crs: the bounds' CRS; bounds: (left, bottom, right, top). Returns: [west, south, east, north]."""
+    return [float(v) for v in transform_bounds(crs, WGS84, *bounds, densify_pts=21)]
+
+
+def _edge_points(transform: Affine, width: int, height: int, n: int = 21) -> tuple[np.ndarray, np.ndarray]:
+    t = np.linspace(0, 1, n)
+    cols = np.concatenate([t * width, np.full(n, width), t[::-1] * width, np.zeros(n)])
+    rows = np.concatenate([np.zeros(n), t * height, np.full(n, height), t[::-1] * height])
+    xs = transform.a * cols + transform.b * rows + transform.c
+    ys = transform.d * cols + transform.e * rows + transform.f
+    return xs, ys
+
+
+def warp_grid(src_transform: Affine, src_size: tuple[int, int], src_crs: CRS, dst_crs: CRS,
+              max_size: int) -> tuple[Affine, int, int]:
+    """A north-up grid in dst_crs covering the source, with about as many pixels, long side <= max_size.
+
+    Works for rotated and sheared source transforms: the source grid's densified
+    edges are projected, not its axis-aligned bounds.
+
+    Args:
+        src_transform: the (decimated) source grid's transform.
+        src_size: its (width, height).
+        src_crs: its CRS.
+        dst_crs: the output CRS.
+        max_size: the longest side allowed.
+    Returns:
+        (dst_transform, width, height).
+    """
+    w, h = src_size
+    xs, ys = _edge_points(src_transform, w, h)
+    dx, dy = transform_points(src_crs, dst_crs, xs.tolist(), ys.tolist())
+    dx, dy = np.asarray(dx), np.asarray(dy)
+    ok = np.isfinite(dx) & np.isfinite(dy)
+    if not ok.any():
+        raise ValueError("the source footprint cannot be projected to the output CRS")
+    left, right, bottom, top = dx[ok].min(), dx[ok].max(), dy[ok].min(), dy[ok].max()
+    span_x, span_y = max(right - left, 1e-12), max(top - bottom, 1e-12)
+    res = math.sqrt(span_x * span_y / max(1, w * h))
+    res = max(res, max(span_x, span_y) / max_size)
+    width = max(1, min(max_size, math.ceil(span_x / res - 1e-9)))
+    height = max(1, min(max_size, math.ceil(span_y / res - 1e-9)))
+    return Affine(span_x / width, 0, left, 0, -span_y / height, top), width, height
+
+
+def warp_image(image: np.ndarray, valid: np.ndarray | None, src_transform: Affine, src_crs: CRS,
+               dst_transform: Affine, dst_crs: CRS, dst_shape: tuple[int, int], resampling: str,
+               num_threads: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Reproject rendered uint8 bands; the source validity travels as an alpha band.
+
+    The warper leaves invalid source pixels out of each output pixel, so edges keep
+    their colour, and everything outside the source footprint becomes invalid.
+
+    Args:
+        image: (c, h, w) uint8 rendered bands (without alpha).
+        valid: source validity, or None for all valid.
+        src_transform, src_crs: the source grid.
+        dst_transform, dst_crs, dst_shape: the output grid (height, width).
+        resampling: a Resampling name (nearest for palettes).
+        num_threads: warper threads.
+    Returns:
+        (warped bands (c, H, W), valid (H, W) boolean).
+    """
+    count = image.shape[0]
+    alpha = np.full(image.shape[1:], 255, np.uint8) if valid is None else np.where(valid, np.uint8(255), np.uint8(0))
+    source = np.concatenate([image, alpha[None]])
+    destination = np.zeros((count + 1, *dst_shape), np.uint8)
+    reproject(source, destination, src_transform=src_transform, src_crs=src_crs, dst_transform=dst_transform,
+              dst_crs=dst_crs, src_alpha=count + 1, dst_alpha=count + 1, resampling=Resampling[resampling],
+              num_threads=num_threads, init_dest_nodata=True)
+    return destination[:count], destination[count] > 0

@@ -1,0 +1,194 @@
+"""What a caller can ask of the pipeline: one frozen Options object, validated once."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+
+from geoworker.errors import BadParams
+
+STRETCHES = ("auto", "none", "minmax", "percentile")
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+FORMAT_ALIASES = {"jpg": "jpeg", "png": "png", "jpeg": "jpeg", "webp": "webp"}
+# Resampling names GDAL accepts for a decimated RasterIO read (the warp-only ones are not).
+READ_RESAMPLINGS = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "gauss", "rms")
+
+# [processing] config keys that differ from the Options field names.
+_CONFIG_KEYS = {"max_image_size": "max_size"}
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to turn one GeoTIFF into web outputs (see DESIGN.md section 4)."""
+
+    max_size: int = 4096
+    thumbnail_size: int = 256
+    generate_thumbnails: bool = True
+    compression_quality: int = 85
+    coordinate_system: str = "EPSG:4326"
+    stretch: str = "auto"
+    percentiles: tuple[float, float] = (2.0, 98.0)
+    resampling: str = "average"
+    bands: tuple[int, ...] | None = None
+    colormap: str | None = None
+    output_format: str = "png"
+    max_file_size: int = 104857600
+    validate_headers: bool = True
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = _check_field(f.name, getattr(self, f.name))
+            object.__setattr__(self, f.name, value)
+
+    @classmethod
+    def from_mapping(cls, defaults: Mapping[str, Any], params: Mapping[str, Any]) -> "Options":
+        """Build Options from the [processing] config section and a job's params.
+
+        Args:
+            defaults: config values (max_image_size, thumbnail_size, ... max_file_size, validate_headers).
+            params: a job's params, snake_case or camelCase; they override defaults.
+        Returns:
+            validated Options; unknown keys are ignored.
+        Raises:
+            BadParams: a known key has a wrong type or value (the message names it).
+        """
+        names = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for source in (defaults or {}, params or {}):
+            if not isinstance(source, Mapping):
+                raise BadParams(f"params must be an object of key/value pairs, got {type(source).__name__}")
+            for key, value in source.items():
+                name = _normalise_key(key)
+                if name in names:
+                    values[name] = value
+        return cls(**values)
+
+    @property
+    def extension(self) -> str:
+        return {"png": "png", "jpeg": "jpg", "webp": "webp"}[self.output_format]
+
+    @property
+    def world_file_extension(self) -> str:
+        return {"png": "pgw", "jpeg": "jgw", "webp": "wpw"}[self.output_format]
+
+
+def _normalise_key(key: Any) -> str:
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", str(key)).lower().replace("-", "_")
+    return _CONFIG_KEYS.get(snake, snake)
+
+
+def _bad(name: str, expected: str, value: Any) -> BadParams:
+    return BadParams(f"{name} must be {expected}, got {value!r}")
+
+
+def _int(name: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool):
+        raise _bad(name, f"an integer between {lo} and {hi}", value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        value = int(value)
+    if not isinstance(value, int) or not lo <= value <= hi:
+        raise _bad(name, f"an integer between {lo} and {hi}", value)
+    return value
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.strip().lower() in ("true", "yes", "on", "1")
+    raise _bad(name, "true or false", value)
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...], aliases: Mapping[str, str] | None = None) -> str:
+    text = value.strip().lower() if isinstance(value, str) else value
+    if aliases and text in aliases:
+        text = aliases[text]
+    if text not in choices:
+        raise _bad(name, "one of " + ", ".join(choices), value)
+    return text
+
+
+def _percentiles(value: Any) -> tuple[float, float]:
+    if isinstance(value, str):
+        value = [v for v in re.split(r"[,\s]+", value.strip()) if v]
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise _bad("percentiles", "two numbers [low, high] with 0 <= low < high <= 100", value) from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo < hi <= 100):
+        raise _bad("percentiles", "two numbers [low, high] with 0 <= low < high <= 100", value)
+    return (lo, hi)
+
+
+def _bands(value: Any) -> tuple[int, ...] | None:
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        value = [v for v in re.split(r"[,\s]+", value.strip()) if v]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    expected = "a list of 1 or 3 band numbers (1-based), e.g. [4, 3, 2]"
+    if not isinstance(value, (list, tuple)) or len(value) not in (1, 3):
+        raise _bad("bands", expected, value)
+    return tuple(_int("bands", v, 1, 65535) for v in value)
+
+
+def _coordinate_system(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _bad("coordinate_system", '"native" or a CRS such as "EPSG:4326"', value)
+    text = value.strip()
+    if text.lower() == "native":
+        return "native"
+    try:
+        CRS.from_user_input(text)
+    except Exception:
+        raise _bad("coordinate_system", '"native" or a CRS such as "EPSG:4326"', value) from None
+    return text
+
+
+def _colormap(value: Any) -> str | None:
+    from geoworker.processing.render import COLORMAPS  # late: render imports nothing from here
+
+    if value is None or value == "":
+        return None
+    return _choice("colormap", value, tuple(sorted(COLORMAPS)), {"grey": "gray"})
+
+
+def _check_field(name: str, value: Any) -> Any:
+    if name == "max_size":
+        return _int(name, value, 16, 16384)
+    if name == "thumbnail_size":
+        return _int(name, value, 0, 4096)
+    if name == "compression_quality":
+        return _int(name, value, 1, 100)
+    if name == "max_file_size":
+        return _int(name, value, 1, 1 << 50)
+    if name in ("generate_thumbnails", "validate_headers"):
+        return _bool(name, value)
+    if name == "stretch":
+        return _choice(name, value, STRETCHES)
+    if name == "output_format":
+        return _choice(name, value, OUTPUT_FORMATS, FORMAT_ALIASES)
+    if name == "resampling":
+        choice = _choice(name, value, tuple(r.name for r in Resampling))
+        if choice not in READ_RESAMPLINGS:
+            raise _bad(name, "one of " + ", ".join(READ_RESAMPLINGS), value)
+        return choice
+    if name == "percentiles":
+        return _percentiles(value)
+    if name == "bands":
+        return _bands(value)
+    if name == "coordinate_system":
+        return _coordinate_system(value)
+    if name == "colormap":
+        return _colormap(value)
+    return value

@@ -1,0 +1,331 @@
+"""The stages of one job: validate, read, render, encode, write; timings and progress.
+
+This is the only module that knows the order of things. Each stage is a small
+function over plain values; `process_file` and `describe_file` string them together.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.errors import RasterioError
+
+from geoworker.errors import InvalidInput, Unsupported
+from geoworker.processing import encode, georef, metadata, read, render, validate
+from geoworker.processing.options import Options
+
+Progress = Callable[[int, str], None]
+
+# GDAL's block cache defaults to 5% of RAM; a decimated read needs only a few rows of
+# blocks, and a large cache is what makes RSS grow with the input size.
+GDAL_CACHE_MB = 64
+STATS_SIZE = 1024  # long side of the decimated read that describe_file takes statistics from
+
+
+def gdal_env() -> rasterio.Env:
+    """The GDAL settings every read runs under (bounded cache, threaded decoding, no sidecar scan)."""
+    return rasterio.Env(
+        GDAL_CACHEMAX=GDAL_CACHE_MB,
+        GDAL_NUM_THREADS=os.cpu_count() or 1,
+        GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR",
+        CPL_VSIL_CURL_ALLOWED_EXTENSIONS=".tif",
+        GTIFF_REPORT_COMPD_CS=False,
+    )
+
+
+@dataclass
+class _Run:
+    """Bookkeeping of one call: stage timings, warnings, progress."""
+
+    progress: Progress | None
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @contextmanager
+    def stage(self, name: str, start: int, message: str) -> Iterator[None]:
+        self.report(start, message)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 4)
+
+    def report(self, percent: int, message: str) -> None:
+        if self.progress is not None:
+            self.progress(percent, message)
+
+    def warn(self, *messages: str) -> None:
+        for m in messages:
+            if m not in self.warnings:
+                self.warnings.append(m)
+
+
+@dataclass
+class _Source:
+    path: Path
+    file_size: int
+    header: validate.TiffHeader | None
+    ds: rasterio.DatasetReader
+    geo: metadata.Georeference
+    pages: int
+
+
+def sanitise_stem(name: str) -> str:
+    """Args: name: a file name or stem. Returns: a safe file stem ([A-Za-z0-9._-], no leading dot)."""
+    stem = Path(str(name)).name
+    for suffix in (".tiff", ".tif", ".gtiff", ".geotiff"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-")[:120]
+    return stem or "output"
+
+
+def _open_source(src: Path, options: Options, run: _Run, stack: ExitStack) -> _Source:
+    size = validate.check_file_size(src, options.max_file_size)
+    header = None
+    if options.validate_headers:
+        header = validate.read_tiff_header(src)
+    try:
+        ds = stack.enter_context(rasterio.open(src, driver="GTiff"))
+    except RasterioError as exc:
+        raise InvalidInput(f"the file is not a readable GeoTIFF: {read._gdal_message(exc)}") from None
+    if ds.width <= 0 or ds.height <= 0:
+        raise InvalidInput(f"the TIFF declares zero dimensions ({ds.width} x {ds.height} pixels)")
+    complex_types = sorted({d for d in ds.dtypes if d.startswith("complex")})
+    if complex_types:
+        raise Unsupported(f"the TIFF holds complex-valued pixels ({', '.join(complex_types)}), which cannot be "
+                          "rendered as an image; convert it to a real data type first")
+    pages = max(1, len(ds.subdatasets))
+    if pages > 1:
+        run.warn(f"the TIFF holds {pages} images (pages); only the first was processed")
+    geo, notes = metadata.read_georeference(ds)
+    run.warn(*notes)
+    return _Source(src, size, header, ds, geo, pages)
+
+
+def _file_doc(source: _Source, sha256: str | None) -> dict:
+    doc = {"name": source.path.name, "size": source.file_size, "sha256": sha256, "pages": source.pages}
+    if source.header is not None:
+        doc["bigtiff"] = source.header.bigtiff
+    return doc
+
+
+def _statistics(data: np.ndarray, valid: np.ndarray | None, indexes, percentiles) -> list[render.BandStats]:
+    return [render.band_statistics(data[k], valid, percentiles) for k in range(len(indexes))]
+
+
+def _render_bands(data: np.ndarray, valid: np.ndarray | None, plan: read.BandPlan, stats, options: Options,
+                  ds: rasterio.DatasetReader, run: _Run) -> tuple[np.ndarray, np.ndarray | None, list]:
+    """Stretch/colour the read bands: returns (c, h, w) uint8 without alpha, validity, stretch ranges."""
+    if plan.kind == "palette":
+        lut = render.palette_lut(ds.colormap(plan.indexes[0]), 65536 if data.dtype == np.uint16 else 256)
+        rgba = render.apply_lut(data[0], lut)
+        opaque = rgba[3] > 0
+        if not opaque.all():
+            valid = opaque if valid is None else valid & opaque
+        return rgba[:3], valid, [None]
+    ranges = [render.stretch_range(s, data.dtype, options.stretch) for s in stats]
+    bands = [render.linear_rescale(data[k], ranges[k]) for k in range(len(ranges))]
+    if plan.kind == "grey" and options.colormap and options.colormap != "gray":
+        return render.apply_lut(bands[0], render.colormap_lut(options.colormap)), valid, ranges
+    if plan.kind == "rgb" and options.colormap:
+        run.warn("colormap applies to single-band rendering only; it was ignored for this RGB image")
+    return np.stack(bands), valid, ranges
+
+
+def _output_crs(options: Options, geo: metadata.Georeference, run: _Run) -> CRS | None:
+    """The CRS to warp to, or None to keep the source grid."""
+    if options.coordinate_system == "native":
+        return None
+    if geo.crs is None:
+        run.warn(f"coordinate_system {options.coordinate_system} was not applied: the file has no CRS to warp from")
+        return None
+    target = CRS.from_user_input(options.coordinate_system)
+    if target == geo.crs and not geo.rotated:
+        return None
+    return target
+
+
+def _stage_read(source: _Source, options: Options, run: _Run, shape: tuple[int, int]):
+    plan = read.plan_bands(source.ds, options.bands)
+    run.warn(*plan.warnings)
+    data, valid = read.read_decimated(source.ds, plan, shape, options.resampling)
+    return plan, data, valid
+
+
+def _stage_render(source: _Source, options: Options, run: _Run, plan, data, valid):
+    stats = _statistics(data, valid, plan.indexes, options.percentiles)
+    bands, valid, ranges = _render_bands(data, valid, plan, stats, options, source.ds, run)
+    del data
+    height, width = bands.shape[1:]
+    transform = georef.scaled_transform(source.geo.transform, (source.ds.width, source.ds.height), (width, height))
+    crs = source.geo.crs
+    target = _output_crs(options, source.geo, run)
+    if target is not None:
+        dst_transform, w, h = georef.warp_grid(transform, (width, height), crs, target, options.max_size)
+        method = "nearest" if plan.kind == "palette" else "bilinear"
+        bands, valid = georef.warp_image(bands, valid, transform, crs, dst_transform, target, (h, w), method)
+        transform, crs = dst_transform, target
+    image = render.compose(list(bands), valid)
+    return image, transform, crs, stats, ranges
+
+
+def _write_sidecars(out_dir: Path, stem: str, options: Options, transform, crs) -> dict[str, str | None]:
+    image_name = f"{stem}.{options.extension}"
+    names: dict[str, str | None] = {"world_file": f"{stem}.{options.world_file_extension}", "prj": None,
+                                    "aux_xml": f"{image_name}.aux.xml"}
+    encode.write_text(out_dir / names["world_file"], "\n".join(georef.world_file_lines(transform)) + "\n")
+    if crs is not None:
+        names["prj"] = f"{stem}.prj"
+        encode.write_text(out_dir / names["prj"], crs.to_wkt(version="WKT1_ESRI") + "\n")
+    encode.write_text(out_dir / names["aux_xml"], georef.pam_xml(crs, transform))
+    return names
+
+
+def _stats_doc(stats, ranges, indexes, shape, stretch: str) -> dict:
+    return {
+        "statistics": [{"band": int(b), **s.as_dict()} for b, s in zip(indexes, stats)],
+        "statistics_source": f"valid pixels of a decimated read of {shape[1]} x {shape[0]} pixels",
+        "stretch": {"method": stretch, "ranges": [list(r) if r else None for r in ranges]},
+    }
+
+
+def _summary(doc: dict) -> dict:
+    crs = doc.get("crs") or {}
+    out = doc.get("output", {})
+    return metadata.json_safe({
+        "width": doc["width"], "height": doc["height"], "bands": doc["count"], "dtype": doc["dtypes"][0],
+        "crs_epsg": crs.get("epsg"), "bounds_wgs84": doc.get("bounds_wgs84"),
+        "output": {k: out.get(k) for k in ("format", "width", "height", "mode", "crs_epsg", "file_sizes",
+                                           "thumbnail")},
+    })
+
+
+def _gdal_errors_are_input_errors(func):
+    """GDAL errors that escape a stage are about the file (the stages translate the ones they expect)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except RasterioError as exc:
+            raise InvalidInput(f"the TIFF cannot be read: {read._gdal_message(exc)}") from None
+
+    return wrapper
+
+
+@_gdal_errors_are_input_errors
+def process_file(src: str | Path, out_dir: str | Path, options: Options,
+                 progress: Progress | None = None, stem: str | None = None) -> dict:
+    """Turn one GeoTIFF into a web image, thumbnail, world file, .prj, .aux.xml and metadata JSON.
+
+    Args:
+        src: the input GeoTIFF.
+        out_dir: where the outputs go (created if missing).
+        options: what to produce.
+        progress: called with (percent, stage message) as stages start.
+        stem: output file stem (default: the sanitised input stem).
+    Returns:
+        {"outputs": {kind: file name}, "metadata": summary, "timings": {stage: s}, "warnings": [...]}.
+    """
+    src, out_dir = Path(src), Path(out_dir)
+    stem = sanitise_stem(stem or src.name)
+    run = _Run(progress)
+    started = time.perf_counter()
+    with ExitStack() as stack, gdal_env(), ThreadPoolExecutor(1) as pool:
+        with run.stage("validate", 2, "validating the input"):
+            source = _open_source(src, options, run, stack)
+            sha: Future = pool.submit(metadata.sha256_file, src)  # overlaps the read; hashlib frees the GIL
+            doc = metadata.dataset_summary(source.ds, source.geo)
+        shape = read.output_shape(source.ds.width, source.ds.height, options.max_size)
+        with run.stage("read", 10, f"reading {source.ds.width} x {source.ds.height} pixels at {shape[1]} x {shape[0]}"):
+            plan, data, valid = _stage_read(source, options, run, shape)
+        with run.stage("render", 55, "rendering colours and georeferencing"):
+            image, transform, crs, stats, ranges = _stage_render(source, options, run, plan, data, valid)
+            del data, valid
+        out_dir.mkdir(parents=True, exist_ok=True)
+        outputs: dict[str, str | None] = {}
+        sizes: dict[str, int] = {}
+        with run.stage("encode", 75, f"encoding {options.output_format.upper()}"):
+            img = encode.to_pil(image)
+            del image
+            outputs["png"] = f"{stem}.{options.extension}"
+            sizes["png"] = encode.save_image(img, out_dir / outputs["png"], options.output_format,
+                                             options.compression_quality)
+            thumb_size = None
+            if options.generate_thumbnails and options.thumbnail_size > 0:
+                thumb = encode.make_thumbnail(img, options.thumbnail_size)
+                outputs["thumbnail"] = f"{stem}_thumb.png"
+                sizes["thumbnail"] = encode.save_image(thumb, out_dir / outputs["thumbnail"], "png", 0)
+                thumb_size = {"width": thumb.width, "height": thumb.height}
+            else:
+                outputs["thumbnail"] = None
+        with run.stage("write", 92, "writing world file, projection and metadata"):
+            outputs.update(_write_sidecars(out_dir, stem, options, transform, crs))
+            doc["file"] = _file_doc(source, sha.result())
+            doc.update(_stats_doc(stats, ranges, plan.indexes, shape, options.stretch))
+            doc["rendered_bands"] = list(plan.indexes)
+            doc["render_mode"] = plan.kind
+            doc["output"] = {
+                "format": options.output_format, "width": img.width, "height": img.height, "mode": img.mode,
+                "coordinate_system": options.coordinate_system, "crs": metadata.crs_summary(crs),
+                "crs_epsg": (metadata.crs_summary(crs) or {}).get("epsg"),
+                "transform": [transform.a, transform.b, transform.c, transform.d, transform.e, transform.f],
+                "world_file": georef.world_file_lines(transform), "thumbnail": thumb_size, "file_sizes": sizes,
+            }
+            outputs["metadata"] = f"{stem}.json"
+            run.timings["total"] = round(time.perf_counter() - started, 4)
+            doc["timings"] = run.timings
+            doc["warnings"] = run.warnings
+            encode.write_text(out_dir / outputs["metadata"], json.dumps(metadata.json_safe(doc), indent=2) + "\n")
+    run.timings["total"] = round(time.perf_counter() - started, 4)
+    run.report(100, "done")
+    return {"outputs": outputs, "metadata": _summary(doc), "timings": dict(run.timings),
+            "warnings": list(run.warnings)}
+
+
+@_gdal_errors_are_input_errors
+def describe_file(src: str | Path, options: Options) -> dict:
+    """The metadata document of a GeoTIFF (what <stem>.json holds, minus outputs); writes nothing.
+
+    Args:
+        src: the input GeoTIFF.
+        options: validation limits, stretch percentiles.
+    Returns:
+        the JSON-serialisable metadata dict.
+    """
+    src = Path(src)
+    run = _Run(None)
+    started = time.perf_counter()
+    with ExitStack() as stack, gdal_env():
+        with run.stage("validate", 0, "validating"):
+            source = _open_source(src, options, run, stack)
+            doc = metadata.dataset_summary(source.ds, source.geo)
+        with run.stage("read", 0, "statistics"):
+            ds = source.ds
+            shape = read.output_shape(ds.width, ds.height, STATS_SIZE)
+            plan = read.plan_bands(ds, None)
+            all_bands = read.BandPlan(plan.kind, tuple(b for b in range(1, ds.count + 1) if b != plan.alpha)[:64],
+                                      plan.alpha, plan.mask)
+            data, valid = read.read_decimated(ds, all_bands, shape, options.resampling)
+            stats = _statistics(data, valid, all_bands.indexes, options.percentiles)
+        doc["file"] = _file_doc(source, metadata.sha256_file(src))
+        doc.update(_stats_doc(stats, [None] * len(stats), all_bands.indexes, shape, options.stretch))
+        doc["stretch"] = {"method": options.stretch}
+    run.timings["total"] = round(time.perf_counter() - started, 4)
+    doc["timings"] = run.timings
+    doc["warnings"] = run.warnings
+    return metadata.json_safe(doc)

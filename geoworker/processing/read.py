@@ -1,0 +1,160 @@
+"""Thin readers over an open rasterio dataset: which bands, decimated pixels, validity.
+
+Reads go straight to the output size (`out_shape`), so GDAL picks an overview when
+one exists and never materialises the full raster; memory is bounded by the output.
+GDAL's decimating RasterIO is mask-aware for average-like resamplings (nodata, NaN,
+internal masks and alpha are left out of each average), so valid edges keep their
+colour instead of fading into black.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import RasterioError
+
+from geoworker.errors import BadParams, InvalidInput
+from geoworker.processing.render import invalid_mask
+
+
+@dataclass(frozen=True)
+class BandPlan:
+    """Which bands to read and how to render them."""
+
+    kind: str  # "rgb" | "grey" | "palette"
+    indexes: tuple[int, ...]  # 1-based data bands to render
+    alpha: int | None = None  # 1-based alpha band, read alongside
+    mask: str = "none"  # none | nodata | per_dataset | alpha
+    warnings: tuple[str, ...] = field(default=())
+
+
+def output_shape(width: int, height: int, max_size: int) -> tuple[int, int]:
+    """Scale (width, height) so that the long side is at most max_size; never upscale.
+
+    Args:
+        width: source width in pixels.
+        height: source height in pixels.
+        max_size: the longest side allowed.
+    Returns:
+        (out_height, out_width), each >= 1.
+    """
+    scale = min(1.0, max_size / max(width, height))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def plan_bands(ds: rasterio.DatasetReader, bands: tuple[int, ...] | None) -> BandPlan:
+    """Choose the bands to render from the file's colour interpretation.
+
+    Args:
+        ds: an open dataset.
+        bands: 1-based indexes the caller asked for, or None.
+    Returns:
+        a BandPlan: 3+ bands -> RGB of the first three (or `bands`), an alpha band
+        becomes transparency, one palette band -> its colours, else grey of band 1.
+    """
+    interp = list(ds.colorinterp)
+    alphas = [i + 1 for i, c in enumerate(interp) if c == ColorInterp.alpha]
+    alpha = alphas[0] if alphas else None
+    data = [b for b in range(1, ds.count + 1) if b not in alphas] or [1]
+    warnings: list[str] = []
+    if bands:
+        bad = [b for b in bands if not 1 <= b <= ds.count]
+        if bad:
+            raise BadParams(f"bands must be between 1 and {ds.count} for this file, got {list(bands)}")
+        indexes = tuple(bands)
+        if alpha in indexes:
+            alpha = None
+    elif len(data) >= 3:
+        indexes = tuple(data[:3])
+        if len(data) > 3:
+            warnings.append(f"the file has {len(data)} data bands; bands {list(indexes)} are rendered as RGB "
+                            "(set the bands parameter to choose others)")
+    else:
+        indexes = (data[0],)
+    palette = (len(indexes) == 1 and interp[indexes[0] - 1] == ColorInterp.palette and _has_colormap(ds, indexes[0]))
+    kind = "palette" if palette else ("rgb" if len(indexes) == 3 else "grey")
+    return BandPlan(kind, indexes, alpha, _mask_kind(ds, indexes, alpha), tuple(warnings))
+
+
+def _has_colormap(ds: rasterio.DatasetReader, index: int) -> bool:
+    try:
+        return bool(ds.colormap(index))
+    except (ValueError, RasterioError):
+        return False
+
+
+def _mask_kind(ds: rasterio.DatasetReader, indexes: tuple[int, ...], alpha: int | None) -> str:
+    if alpha is not None:
+        return "alpha"
+    flags = ds.mask_flag_enums[indexes[0] - 1]
+    if MaskFlags.per_dataset in flags and MaskFlags.nodata not in flags:
+        return "per_dataset"
+    if any(MaskFlags.nodata in ds.mask_flag_enums[i - 1] for i in indexes):
+        return "nodata"
+    if any(np.dtype(ds.dtypes[i - 1]).kind == "f" for i in indexes):
+        return "nodata"  # NaN is invalid even when no nodata value is declared
+    return "none"
+
+
+def read_dtype(dtype: str) -> str:
+    """The dtype to read a band as: float64 is read as float32 (half the memory, ample for display).
+
+    Args:
+        dtype: the band's dtype name.
+    Returns:
+        the dtype name for the read buffer.
+    """
+    return "float32" if dtype == "float64" else dtype
+
+
+def read_decimated(ds: rasterio.DatasetReader, plan: BandPlan, shape: tuple[int, int],
+                   resampling: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read the planned bands at `shape` and the validity of each output pixel.
+
+    Args:
+        ds: an open dataset.
+        plan: what plan_bands chose.
+        shape: (height, width) of the result.
+        resampling: a rasterio Resampling name; palettes always use nearest.
+    Returns:
+        (data of shape (n, h, w), valid boolean mask or None when all pixels are valid).
+        A pixel is valid when any source pixel under it is valid.
+    """
+    method = Resampling.nearest if plan.kind == "palette" else Resampling[resampling]
+    indexes = list(plan.indexes) + ([plan.alpha] if plan.alpha else [])
+    dtypes = {read_dtype(ds.dtypes[i - 1]) for i in indexes}
+    out_dtype = np.result_type(*dtypes) if len(dtypes) > 1 else dtypes.pop()
+    try:
+        data = ds.read(indexes, out_shape=(len(indexes), *shape), resampling=method, out_dtype=out_dtype)
+        valid = _validity(ds, plan, data, shape, method)
+    except RasterioError as exc:
+        raise InvalidInput(f"the TIFF's pixel data cannot be decoded (corrupt or truncated): {_gdal_message(exc)}") from None
+    if plan.alpha:
+        data = data[:-1]
+    return data, valid
+
+
+def _validity(ds, plan: BandPlan, data: np.ndarray, shape: tuple[int, int], method: Resampling) -> np.ndarray | None:
+    if plan.mask == "alpha":
+        return data[-1] > 0
+    if plan.mask == "per_dataset":
+        return ds.read_masks(plan.indexes[0], out_shape=shape, resampling=method) > 0
+    if plan.mask == "nodata":
+        # GDAL's mask-aware average yields nodata only where no source pixel was valid,
+        # so the read values carry the mask: no second pass over the file.
+        valid = None
+        for k, index in enumerate(plan.indexes):
+            invalid = invalid_mask(data[k], ds.nodatavals[index - 1])
+            if invalid is None:
+                return None
+            valid = ~invalid if valid is None else valid | ~invalid
+        return None if valid is None or valid.all() else valid
+    return None
+
+
+def _gdal_message(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] or type(exc).__name__
