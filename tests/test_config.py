@@ -1,0 +1,181 @@
+"""Configuration: file, .env, environment; every override and every invalid value."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from geoworker.config import SECTIONS, Settings, load_settings
+from geoworker.errors import ConfigError
+
+from conftest import ROOT, run_cli
+
+ENV_OVERRIDES = [
+    ("WORKER_NAME", "ortho-1", "worker", "name", "ortho-1"),
+    ("POLL_INTERVAL", "2.5", "worker", "poll_interval", 2.5),
+    ("HEARTBEAT_INTERVAL", "7", "worker", "heartbeat_interval", 7.0),
+    ("MAX_PROCESSING_TIME", "120", "worker", "max_processing_time", 120.0),
+    ("CONCURRENT_JOBS", "3", "worker", "concurrency", 3),
+    ("MAX_FILE_SIZE", "2048", "storage", "max_file_size", 2048),
+    ("LOG_LEVEL", "DEBUG", "logging", "level", "DEBUG"),
+    ("API_BASE_URL", "http://api.example:5000", "api", "base_url", "http://api.example:5000"),
+    ("WORKER_AUTH_TOKEN", "tok-123", "api", "worker_token", "tok-123"),
+    ("DATABASE_URL", "postgresql://u@dbhost/geo", "database", "dsn", "postgresql://u@dbhost/geo"),
+    ("PGSSLMODE", "verify-full", "database", "sslmode", "verify-full"),
+    ("PGSSL", "true", "database", "sslmode", "require"),
+    ("VALIDATE_FILE_HEADERS", "false", "storage", "validate_headers", False),
+    ("GEOWORKER_RETRY_MAX_ATTEMPTS", "9", "retry", "max_attempts", 9),
+    ("GEOWORKER_STORAGE_ALLOWED_HOSTS", "a.example, b.example", "storage", "allowed_hosts", ("a.example", "b.example")),
+]
+
+FILE = """
+[worker]
+name = "from-file"
+poll_interval = 9
+heartbeat_interval = 9
+concurrency = 1
+max_processing_time = 999
+[storage]
+max_file_size = 1
+validate_headers = true
+[logging]
+level = "ERROR"
+[api]
+base_url = "http://file"
+worker_token = "file-token"
+[database]
+dsn = "postgresql://file@filehost/filedb"
+sslmode = "disable"
+[retry]
+max_attempts = 2
+"""
+
+
+@pytest.mark.parametrize("name,value,section,key,expected", ENV_OVERRIDES, ids=[e[0] for e in ENV_OVERRIDES])
+def test_environment_overrides_the_file(tmp_path, name, value, section, key, expected):
+    config = tmp_path / "config.toml"
+    config.write_text(FILE)
+    settings = load_settings(config, environ={name: value}, base_dir=tmp_path)
+    assert getattr(getattr(settings, section), key) == expected
+
+
+def test_temp_dir_from_environment_is_absolute(tmp_path):
+    settings = load_settings(environ={"TEMP_DIR": "scratch"}, base_dir=tmp_path)
+    assert settings.storage.temp_dir == str(tmp_path / "scratch")
+
+
+def test_pg_variables_build_the_dsn_and_override_parts_of_the_file(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('[database]\ndsn = "host=filehost dbname=filedb user=fileuser"\n')
+    env = {"PGHOST": "db.internal", "PGPORT": "6432", "PGDATABASE": "geo", "PGUSER": "worker", "PGPASSWORD": "s3cret"}
+    from psycopg2.extensions import parse_dsn
+
+    parts = parse_dsn(load_settings(config, environ=env, base_dir=tmp_path).database.dsn)
+    assert parts == {"host": "db.internal", "port": "6432", "dbname": "geo", "user": "worker", "password": "s3cret"}
+    only_host = parse_dsn(load_settings(config, environ={"PGHOST": "other"}, base_dir=tmp_path).database.dsn)
+    assert only_host == {"host": "other", "dbname": "filedb", "user": "fileuser"}
+
+
+def test_no_database_configured_means_embedded(tmp_path):
+    settings = load_settings(environ={}, base_dir=tmp_path)
+    assert settings.database.dsn == ""
+    assert settings.database.embedded_dir == str(tmp_path / "var" / "postgres")
+
+
+def test_dotenv_sits_between_file_and_environment(tmp_path):
+    (tmp_path / "config.toml").write_text('[worker]\nname = "file"\npoll_interval = 3\nconcurrency = 2\n')
+    (tmp_path / ".env").write_text("WORKER_NAME=dotenv\nPOLL_INTERVAL=4\n")
+    settings = load_settings(environ={"POLL_INTERVAL": "5"}, base_dir=tmp_path)
+    assert (settings.worker.name, settings.worker.poll_interval, settings.worker.concurrency) == ("dotenv", 5.0, 2)
+
+
+def test_config_path_from_geoworker_config(tmp_path):
+    other = tmp_path / "elsewhere.toml"
+    other.write_text('[worker]\nname = "elsewhere"\n')
+    settings = load_settings(environ={"GEOWORKER_CONFIG": str(other)}, base_dir=tmp_path)
+    assert settings.worker.name == "elsewhere" and settings.config_path == str(other)
+
+
+def test_stale_after_defaults_to_three_heartbeats(tmp_path):
+    assert load_settings(environ={"HEARTBEAT_INTERVAL": "4"}, base_dir=tmp_path).worker.stale_after == 12
+
+
+INVALID = [
+    ({"POLL_INTERVAL": "-1"}, "", r"^worker\.poll_interval \(from POLL_INTERVAL\): must be greater than 0"),
+    ({"HEARTBEAT_INTERVAL": "soon"}, "", r"^worker\.heartbeat_interval \(from HEARTBEAT_INTERVAL\): must be a number"),
+    ({"CONCURRENT_JOBS": "1.5"}, "", r"^worker\.concurrency \(from CONCURRENT_JOBS\): must be a whole number"),
+    ({"CONCURRENT_JOBS": "0"}, "", r"^worker\.concurrency \(from CONCURRENT_JOBS\): must be at least 1"),
+    ({"MAX_FILE_SIZE": "lots"}, "", r"^storage\.max_file_size \(from MAX_FILE_SIZE\): must be a number"),
+    ({"LOG_LEVEL": "LOUD"}, "", r"^logging\.level \(from LOG_LEVEL\): must be one of"),
+    ({"VALIDATE_FILE_HEADERS": "maybe"}, "", r"^storage\.validate_headers \(from VALIDATE_FILE_HEADERS\): must be true or false"),
+    ({"PGSSL": "sometimes"}, "", r"^PGSSL: must be"),
+    ({}, "[worker]\npoll_interval = -5\n", r"^worker\.poll_interval: must be greater than 0, got -5"),
+    ({}, "[worker]\npoll_interval = \"fast\"\n", r"^worker\.poll_interval: must be a number"),
+    ({}, "[worker]\nspeed = 3\n", r"^config\.toml: unknown key worker\.speed"),
+    ({}, "[workers]\nconcurrency = 3\n", r"^config\.toml: unknown section \[workers\]"),
+    ({}, "[worker\n", r"^config\.toml: not valid TOML"),
+    ({}, "[worker]\nheartbeat_interval = 30\nstale_after = 30\n", r"^worker\.heartbeat_interval: must be shorter than worker\.stale_after"),
+    ({"GEOWORKER_WORKER_SPEED": "3"}, "", r"^GEOWORKER_WORKER_SPEED: unknown key worker\.speed"),
+    ({}, "[retry]\nbackoff_base = 100\nbackoff_max = 10\n", r"^retry\.backoff_max: must be >= retry\.backoff_base"),
+    ({}, "[processing]\npercentiles = [98, 2]\n", r"^processing\.percentiles: must satisfy"),
+    ({}, "[metrics]\nport = 70000\n", r"^metrics\.port: must be a port number"),
+    ({}, "[storage]\nbackend = \"ftp\"\n", r"^storage\.backend: must be one of local, s3, http"),
+    ({}, "[queue]\nmode = \"http\"\n", r"^queue\.mode: \"http\" needs api\.base_url"),
+]
+
+
+@pytest.mark.parametrize("env,text,pattern", INVALID)
+def test_invalid_value_is_one_line_naming_the_key(tmp_path, env, text, pattern):
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=env, base_dir=tmp_path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert re.search(pattern, message), message
+
+
+def test_repository_config_toml_documents_every_key_with_its_default(tmp_path):
+    """Uncommenting every `# key = value` line of config.toml must give exactly the defaults."""
+    text = (ROOT / "config.toml").read_text()
+    uncommented = []
+    for line in text.splitlines():
+        match = re.match(r"^#\s?(\w+ = .*)$", line)
+        uncommented.append(match.group(1) if match else line)
+    (tmp_path / "config.toml").write_text("\n".join(uncommented))
+    documented = load_settings(tmp_path / "config.toml", environ={}, base_dir=tmp_path)
+    defaults = load_settings(environ={}, base_dir=tmp_path)
+    assert documented.as_dict(mask_secrets=False) == defaults.as_dict(mask_secrets=False)
+    for section, cls in SECTIONS.items():
+        assert f"[{section}]" in text
+        for key in cls.__dataclass_fields__:
+            assert re.search(rf"^#\s?{key} = ", text, re.MULTILINE), f"config.toml does not document {section}.{key}"
+
+
+def test_settings_are_frozen():
+    settings = Settings()
+    with pytest.raises(Exception):
+        settings.worker.concurrency = 5  # type: ignore[misc]
+
+
+def test_cli_config_masks_secrets_and_check_reports_errors(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": "postgresql://geo:hunter2@db.example/geo",
+           "WORKER_AUTH_TOKEN": "tok-secret", "API_BASE_URL": "https://api.example/x?sig=abc"}
+    shown = run_cli(["config"], env=env, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "hunter2" not in shown.stdout and "tok-secret" not in shown.stdout and "sig=abc" not in shown.stdout
+    assert "postgresql://geo:********@db.example/geo" in shown.stdout
+    assert "[worker]" in shown.stdout and "concurrency = 1" in shown.stdout
+
+    ok = run_cli(["config", "--check"], env=env, cwd=tmp_path)
+    assert ok.returncode == 0 and "configuration OK" in ok.stdout
+
+    bad = run_cli(["config", "--check"], env={**env, "POLL_INTERVAL": "-3"}, cwd=tmp_path)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().count("\n") == 0
+    assert "worker.poll_interval (from POLL_INTERVAL): must be greater than 0" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+    run_bad = run_cli(["list"], env={**env, "CONCURRENT_JOBS": "many"}, cwd=tmp_path)
+    assert run_bad.returncode == 2 and "worker.concurrency" in run_bad.stderr and "Traceback" not in run_bad.stderr
