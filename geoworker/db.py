@@ -1,0 +1,286 @@
+"""Connections, the embedded PostgreSQL, migrations and the named queries.
+
+This is the only module that imports psycopg2's exception types: `wrap_errors()`
+turns a lost or refused connection into DatabaseUnavailable, the one error the rest of
+geoworker retries on. Connections are opened by the process that uses them (after fork)
+and never handed to another process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import socket
+import time
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import psycopg2.extras
+
+from geoworker.errors import ConfigError, DatabaseUnavailable
+
+LISTEN_CHANNEL = "geoworker_jobs"
+CANCEL_CHANNEL = "geoworker_cancel"
+MIGRATIONS_TABLE = "geo_schema_migrations"
+# serialises `migrate` across hosts that start at the same time
+MIGRATE_LOCK_KEY = 0x67656F776B  # "geowk"
+
+
+@contextlib.contextmanager
+def wrap_errors(what: str = "database") -> Iterator[None]:
+    """Translate driver errors that mean "the database is not there" into DatabaseUnavailable."""
+    try:
+        yield
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        raise DatabaseUnavailable(f"{what}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def connect(dsn: str, *, application_name: str = "geoworker", connect_timeout: float = 10,
+            sslmode: str = "") -> psycopg2.extensions.connection:
+    """Open one autocommit connection (each named query is its own transaction).
+
+    Args:
+        dsn: libpq connection string or URL.
+        application_name: shows in pg_stat_activity, so operators can tell processes apart.
+        connect_timeout: seconds before giving up on an unreachable server.
+        sslmode: overrides the DSN's sslmode when set.
+    Raises:
+        DatabaseUnavailable: the server cannot be reached or refuses us.
+    """
+    kwargs: dict[str, Any] = {
+        "application_name": application_name[:63],
+        "connect_timeout": max(1, int(connect_timeout)),
+        # notice a dead peer (a restarted server, a cut network) within ~30 s
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+    }
+    if sslmode:
+        kwargs["sslmode"] = sslmode
+    with wrap_errors("cannot connect to PostgreSQL"):
+        conn = psycopg2.connect(dsn, **kwargs)
+    conn.autocommit = True
+    return conn
+
+
+def connect_settings(settings, application_name: str = "geoworker"):
+    """connect() with the DSN and options of a Settings object (dsn must be resolved)."""
+    db = settings.database
+    return connect(resolve_dsn(settings), application_name=application_name,
+                   connect_timeout=db.connect_timeout, sslmode=db.sslmode)
+
+
+@contextlib.contextmanager
+def transaction(conn) -> Iterator[Any]:
+    """An explicit transaction on an autocommit connection; yields a dict cursor."""
+    with wrap_errors():
+        cur = conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
+        cur.execute("BEGIN")
+    try:
+        yield cur
+    except BaseException:
+        with contextlib.suppress(psycopg2.Error):
+            cur.execute("ROLLBACK")
+        raise
+    else:
+        with wrap_errors():
+            cur.execute("COMMIT")
+    finally:
+        cur.close()
+
+
+# --- the embedded server -------------------------------------------------------------
+
+
+def resolve_dsn(settings) -> str:
+    """The configured DSN, or the embedded server's when none is configured at all."""
+    if settings.database.dsn:
+        return settings.database.dsn
+    return embedded_dsn(settings.database.embedded_dir)
+
+
+@lru_cache(maxsize=None)
+def embedded_dsn(directory: str) -> str:
+    """Start (or reuse) the embedded PostgreSQL in `directory` and return its DSN.
+
+    pgserver ships PostgreSQL binaries in a wheel; it listens on a Unix socket only, and
+    under root runs the server as a dedicated system user. The server keeps running after
+    this process exits (cleanup_mode=None), so the next command reuses it in milliseconds.
+    """
+    path = Path(directory)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"database.embedded_dir: cannot create {path.parent}: {exc.strerror}") from None
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    import warnings
+
+    # platformdirs complains when XDG_RUNTIME_DIR is unset (root shells, supervisord); /tmp is fine
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    try:
+        import pgserver
+    except ImportError:  # pragma: no cover - it is a runtime dependency
+        raise ConfigError("no database configured and pgserver is not installed: set DATABASE_URL") from None
+    try:
+        server = pgserver.get_server(path, cleanup_mode=None)
+    except Exception as exc:
+        raise DatabaseUnavailable(
+            f"cannot start the embedded PostgreSQL in {path}: {_first_line(exc)} "
+            f"(see {path / 'log'}; or set DATABASE_URL)") from exc
+    base_uri = server.get_uri()
+    _ensure_database(base_uri, "geoworker")
+    return server.get_uri("geoworker")
+
+
+def _ensure_database(uri: str, name: str) -> None:
+    conn = connect(uri, application_name="geoworker-setup")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                with contextlib.suppress(psycopg2.errors.DuplicateDatabase):
+                    cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        conn.close()
+
+
+# --- named queries -----------------------------------------------------------------
+
+
+_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+@lru_cache(maxsize=None)
+def load_queries() -> dict[str, str]:
+    """queries.sql as {name: sql}; each block runs from its `-- name:` line to the next."""
+    text = _sql_text("queries.sql")
+    parts = _NAME.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2]):
+        lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
+        queries[name] = "\n".join(lines).strip().rstrip(";")
+    return queries
+
+
+def _sql_text(name: str) -> str:
+    return resources.files("geoworker.sql").joinpath(name).read_text(encoding="utf-8")
+
+
+# --- migrations ----------------------------------------------------------------------
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """The numbered migrations as (version, name, sql), in order."""
+    folder = resources.files("geoworker.sql").joinpath("migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = re.match(r"^(\d{4})_(\w+)\.sql$", entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def latest_version() -> int:
+    return migrations()[-1][0]
+
+
+def schema_version(conn) -> int | None:
+    """The highest applied migration, or None if geoworker's schema is not installed."""
+    with wrap_errors(), conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (MIGRATIONS_TABLE,))
+        if cur.fetchone()[0] is None:
+            return None
+        cur.execute(f"SELECT max(version) FROM {MIGRATIONS_TABLE}")
+        return cur.fetchone()[0]
+
+
+def migrate(conn, *, use_schema: bool = True) -> list[str]:
+    """Bring the schema up to date; safe to run any number of times, from many hosts at once.
+
+    A database without geoworker's tables gets schema.sql (the truth) in one go and all
+    migrations recorded as applied; an older one gets the missing migrations in order.
+
+    Args:
+        conn: an autocommit connection.
+        use_schema: False applies the migrations one by one even on an empty database
+            (the schema test compares both roads).
+    Returns:
+        What was applied, e.g. ["schema.sql (0001..0003)"] or ["0002_add_x"], or [].
+    """
+    applied: list[str] = []
+    with transaction(conn) as cur, wrap_errors():
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK_KEY,))
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+        cur.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")
+        done = {row["version"] for row in cur.fetchall()}
+        todo = [m for m in migrations() if m[0] not in done]
+        if not todo:
+            return applied
+        if use_schema and not done:
+            cur.execute(_sql_text("schema.sql"))
+            applied.append(f"schema.sql ({todo[0][0]:04d}..{todo[-1][0]:04d})")
+        else:
+            for version, name, sql in todo:
+                cur.execute(sql)
+                applied.append(f"{version:04d}_{name}")
+        for version, name, sql in todo:
+            cur.execute(f"INSERT INTO {MIGRATIONS_TABLE} (version, name, checksum) VALUES (%s, %s, %s)",
+                        (version, name, hashlib.sha256(sql.encode()).hexdigest()[:16]))
+    return applied
+
+
+def require_schema(conn) -> None:
+    """Refuse to run against a database whose schema is missing or behind this code."""
+    version = schema_version(conn)
+    if version is None:
+        raise ConfigError("the database has no geoworker schema: run `geoworker migrate`")
+    if version < latest_version():
+        raise ConfigError(
+            f"the database schema is at version {version}, this geoworker needs {latest_version()}: "
+            "run `geoworker migrate`")
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def process_identity(kind: str) -> str:
+    """A worker id unique per process start: host, pid and a random tag."""
+    return f"{hostname()}:{os.getpid()}:{os.urandom(3).hex()}:{kind}"
+
+
+class Backoff:
+    """Exponential delays for reconnecting: 0.5, 1, 2, ... capped, reset on success."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0):
+        self.first, self.cap, self.failures = first, cap, 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.first * (2 ** self.failures))
+        self.failures += 1
+        return delay
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    def sleep(self) -> float:
+        delay = self.next_delay()
+        time.sleep(delay)
+        return delay

@@ -1,0 +1,37 @@
+"""With no database configured at all, geoworker starts its own PostgreSQL and reuses it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+
+from conftest import run_cli
+
+
+def _postmaster_pid(data_dir: Path) -> int:
+    return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+
+
+def test_embedded_database_starts_once_and_is_reused(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "GEOWORKER_")) and k != "DATABASE_URL"}
+    env["GEOWORKER_WORKER_DEBUG_TASKS"] = "true"
+    first = run_cli(["migrate"], env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    data_dir = tmp_path / "var" / "postgres"
+    assert (data_dir / "PG_VERSION").is_file()
+    pid = _postmaster_pid(data_dir)
+    try:
+        job_id = run_cli(["submit", "--task", "debug.noop"], env, cwd=tmp_path).stdout.strip()
+        listed = run_cli(["list"], env, cwd=tmp_path)
+        assert listed.returncode == 0 and job_id in listed.stdout
+        assert _postmaster_pid(data_dir) == pid, "a second server was started instead of reusing the first"
+        assert "RuntimeDirWarning" not in listed.stderr
+    finally:
+        os.kill(pid, signal.SIGINT)  # fast shutdown
+        deadline = time.monotonic() + 20
+        while psutil.pid_exists(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
