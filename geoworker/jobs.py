@@ -1,0 +1,380 @@
+"""Every queue operation, by name, over one connection; and the retry policy.
+
+`JobQueue` is the only caller of sql/queries.sql. Complete, fail and requeue act only
+while the job is still `running` and locked by the caller; otherwise they raise
+LockLost and leave an event saying who tried what, so a worker that lost its job can
+never overwrite a newer outcome.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import random
+import select
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterable, Mapping, Sequence
+
+import psycopg2.extras
+
+from geoworker import db
+from geoworker.errors import InvalidState, JobNotFound, LockLost
+
+psycopg2.extras.register_default_jsonb(loads=json.loads, globally=True)
+
+
+class Status(str, enum.Enum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of geo_jobs."""
+
+    id: str
+    task_type: str
+    status: str
+    priority: int = 0
+    params: dict = field(default_factory=dict)
+    input: Any = None
+    outputs: Any = None
+    result: Any = None
+    progress: int = 0
+    progress_message: str | None = None
+    attempts: int = 0
+    max_attempts: int = 5
+    run_at: dt.datetime | None = None
+    locked_by: str | None = None
+    heartbeat_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    error_code: str | None = None
+    last_error: str | None = None
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+    owner: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "Job":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: (str(v) if k == "id" else v) for k, v in row.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: timestamps as ISO 8601 strings."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.isoformat() if isinstance(value, dt.datetime) else value
+        return out
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff with jitter: attempt n waits in [d/2, d], d = min(cap, base * 2^(n-1))."""
+
+    base: float = 10.0
+    cap: float = 3600.0
+
+    def delay(self, attempts: int, rng: random.Random | None = None) -> float:
+        ceiling = min(self.cap, self.base * (2 ** max(0, attempts - 1)))
+        # "equal jitter": never less than half the ceiling, so retries still back off,
+        # but spread so that jobs failing together do not come back together
+        return ceiling / 2 + (rng or random).random() * ceiling / 2
+
+    @classmethod
+    def from_settings(cls, settings) -> "RetryPolicy":
+        return cls(base=settings.retry.backoff_base, cap=settings.retry.backoff_max)
+
+
+def _json(value: Any) -> psycopg2.extras.Json | None:
+    return None if value is None else psycopg2.extras.Json(value, dumps=_dumps)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+class JobQueue:
+    """The queue, seen from one process: a connection (opened lazily, reopened after loss) and an identity.
+
+    Args:
+        dsn: where the database is.
+        worker_id: written to locked_by and to events this process causes.
+        retry: the backoff policy for failed attempts.
+    """
+
+    def __init__(self, dsn: str, worker_id: str = "cli", retry: RetryPolicy | None = None,
+                 application_name: str = "geoworker", connect_timeout: float = 10, sslmode: str = ""):
+        self.dsn = dsn
+        self.worker_id = worker_id
+        self.retry = retry or RetryPolicy()
+        self.application_name = application_name
+        self.connect_timeout = connect_timeout
+        self.sslmode = sslmode
+        self._conn = None
+        self._queries = db.load_queries()
+
+    @classmethod
+    def from_settings(cls, settings, worker_id: str = "cli", application_name: str = "geoworker") -> "JobQueue":
+        return cls(db.resolve_dsn(settings), worker_id, RetryPolicy.from_settings(settings),
+                   application_name=application_name, connect_timeout=settings.database.connect_timeout,
+                   sslmode=settings.database.sslmode)
+
+    # --- connection ---------------------------------------------------------------
+
+    @property
+    def conn(self):
+        if self._conn is None or self._conn.closed:
+            self._conn = db.connect(self.dsn, application_name=self.application_name,
+                                    connect_timeout=self.connect_timeout, sslmode=self.sslmode)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+        self._conn = None
+
+    def _run(self, name: str, params: Mapping[str, Any] | None = None, cursor=None) -> list[dict]:
+        """Run a named query; a lost connection is dropped (reopened next time) and reported."""
+        try:
+            with db.wrap_errors(f"query {name}"):
+                if cursor is not None:
+                    cursor.execute(self._queries[name], params or {})
+                    return list(cursor.fetchall()) if cursor.description else []
+                with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                    cur.execute(self._queries[name], params or {})
+                    return list(cur.fetchall()) if cur.description else []
+        except Exception:
+            if self._conn is not None and self._conn.closed:
+                self._conn = None
+            raise
+
+    def ping(self) -> None:
+        with db.wrap_errors("ping"), self.conn.cursor() as cur:
+            cur.execute("SELECT 1")
+
+    # --- producing ------------------------------------------------------------------
+
+    def enqueue(self, task_type: str, params: Mapping[str, Any] | None = None, *, input: Any = None,
+                priority: int = 0, max_attempts: int = 5, run_at: dt.datetime | None = None,
+                owner: str | None = None, status: Status = Status.QUEUED) -> Job:
+        """Create a job (queued, or pending while its input is uploaded); NOTIFY wakes workers."""
+        rows = self._run("enqueue_job", {
+            "task_type": task_type, "status": Status(status).value, "priority": int(priority),
+            "params": _json(dict(params or {})), "input": _json(input), "max_attempts": int(max_attempts),
+            "run_at": run_at, "owner": owner, "actor": self.worker_id})
+        return Job.from_row(rows[0])
+
+    def enqueue_many(self, task_type: str, params_list: Sequence[Mapping[str, Any]], *, priority: int = 0,
+                     max_attempts: int = 5, run_at: dt.datetime | None = None) -> int:
+        """Create many queued jobs of one task in one statement; returns how many."""
+        rows = self._run("enqueue_jobs", {
+            "task_type": task_type, "priority": int(priority), "params": _json(list(params_list)),
+            "max_attempts": int(max_attempts), "run_at": run_at, "actor": self.worker_id})
+        return int(rows[0]["inserted"])
+
+    def queue_pending(self, job_id: str, input: Any, data: Mapping[str, Any] | None = None) -> Job:
+        """A pending job's input has arrived: queue it."""
+        rows = self._run("queue_pending_job", {"id": job_id, "input": _json(input), "data": _json(data),
+                                               "actor": self.worker_id})
+        if not rows:
+            job = self.get(job_id)
+            raise InvalidState(f"job {job_id} is {job.status}, not pending")
+        return Job.from_row(rows[0])
+
+    # --- consuming ------------------------------------------------------------------
+
+    def claim(self) -> Job | None:
+        """Take the next claimable job for this worker (attempts += 1), or None."""
+        rows = self._run("claim_next_job", {"worker": self.worker_id})
+        return Job.from_row(rows[0]) if rows else None
+
+    def heartbeat(self, job_id: str) -> bool:
+        """True while this worker still holds the job."""
+        return bool(self._run("heartbeat", {"id": job_id, "worker": self.worker_id}))
+
+    def progress(self, job_id: str, percent: int, message: str | None = None) -> bool:
+        """Record progress (an event too); True while this worker still holds the job."""
+        percent = max(0, min(100, int(percent)))
+        return bool(self._run("report_progress", {"id": job_id, "worker": self.worker_id,
+                                                  "progress": percent, "message": message}))
+
+    def complete(self, job_id: str, outputs: Any = None, result: Any = None) -> Job:
+        """Mark the job succeeded; LockLost if this worker no longer holds it."""
+        rows = self._run("complete_job", {"id": job_id, "worker": self.worker_id,
+                                          "outputs": _json(outputs), "result": _json(result)})
+        if not rows:
+            self._refuse(job_id, "complete")
+        return Job.from_row(rows[0])
+
+    def fail(self, job: Job, code: str, message: str, *, permanent: bool, reason: str = "error") -> Job:
+        """End this worker's attempt: failed for good, or queued again after the backoff delay."""
+        return self.end_attempt(job.id, job.attempts, holder=self.worker_id, code=code, message=message,
+                                permanent=permanent, reason=reason)
+
+    def end_attempt(self, job_id: str, attempts: int, *, holder: str, code: str, message: str,
+                    permanent: bool = False, reason: str = "error", cursor=None) -> Job:
+        """End the attempt that `holder` is running; the supervisor uses it for a child it killed.
+
+        A killed or crashed attempt is transient (it counts: attempts was raised at claim),
+        so a poison job still ends in `failed` once its attempts are spent.
+        """
+        rows = self._run("fail_attempt", {
+            "id": job_id, "worker": holder, "actor": self.worker_id, "code": code,
+            "message": " ".join(str(message).split())[:2000], "permanent": bool(permanent),
+            "delay": round(self.retry.delay(attempts), 3), "reason": reason}, cursor=cursor)
+        if not rows:
+            self._refuse(job_id, "fail", holder=holder, cursor=cursor)
+        return Job.from_row(rows[0])
+
+    def _refuse(self, job_id: str, operation: str, holder: str | None = None, cursor=None):
+        rows = self._run("refuse_stale_result", {"id": job_id, "worker": holder or self.worker_id,
+                                                 "operation": operation}, cursor=cursor)
+        if not rows:
+            raise JobNotFound(f"no job {job_id}")
+        job = self.get(job_id) if cursor is None else None
+        state = f" (now {job.status}" + (f", locked by {job.locked_by})" if job.locked_by else ")") if job else ""
+        raise LockLost(f"job {job_id}: {operation} refused, {holder or self.worker_id} no longer holds it{state}")
+
+    def requeue_stale(self, stale_after: float, limit: int = 100) -> list[Job]:
+        """Rescue running jobs whose heartbeat is stale and whose worker is gone (any host)."""
+        rescued: list[Job] = []
+        with db.transaction(self.conn) as cur:
+            stale = self._run("find_stale_jobs", {"stale_after": float(stale_after), "limit": limit}, cursor=cur)
+            for row in stale:
+                age = (dt.datetime.now(dt.timezone.utc) - row["heartbeat_at"]).total_seconds()
+                rescued.append(self.end_attempt(
+                    str(row["id"]), row["attempts"], holder=row["locked_by"], code="crashed",
+                    message=f"worker {row['locked_by']} is gone; last heartbeat {age:.0f} s ago",
+                    reason="rescued", cursor=cur))
+        return rescued
+
+    # --- operator actions -------------------------------------------------------------
+
+    def cancel(self, job_id: str, reason: str = "cancelled by operator", owner: str | None = None) -> Job:
+        """Cancel a pending, queued or running job (a running one is killed by its supervisor)."""
+        self.get(job_id, owner=owner)
+        rows = self._run("cancel_job", {"id": job_id, "reason": reason, "actor": self.worker_id})
+        if not rows:
+            raise InvalidState(f"job {job_id} is already {self.get(job_id).status}; nothing to cancel")
+        return Job.from_row(rows[0])
+
+    def retry_now(self, job_id: str) -> Job:
+        """Queue a failed or cancelled job again with fresh attempts."""
+        rows = self._run("retry_job", {"id": job_id, "actor": self.worker_id})
+        if not rows:
+            raise InvalidState(f"job {job_id} is {self.get(job_id).status}; only failed or cancelled jobs can be retried")
+        return Job.from_row(rows[0])
+
+    def add_event(self, job_id: str, kind: str, message: str, data: Mapping[str, Any] | None = None) -> None:
+        self._run("add_event", {"id": job_id, "kind": kind, "message": message, "worker": self.worker_id,
+                                "data": _json(data)})
+
+    # --- reading ----------------------------------------------------------------------
+
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        """One job; JobNotFound if there is none (or it is someone else's)."""
+        if not _is_uuid(job_id):
+            raise JobNotFound(f"no job {job_id!r} (a job id is a UUID)")
+        rows = self._run("get_job", {"id": job_id, "owner": owner})
+        if not rows:
+            raise JobNotFound(f"no job {job_id}")
+        return Job.from_row(rows[0])
+
+    def list(self, status: str | None = None, limit: int = 50, owner: str | None = None) -> list[Job]:
+        rows = self._run("list_jobs", {"status": status, "limit": int(limit), "owner": owner})
+        return [Job.from_row(r) for r in rows]
+
+    def events(self, job_id: str, owner: str | None = None) -> list[dict[str, Any]]:
+        self.get(job_id, owner=owner)
+        return [{**r, "at": r["at"].isoformat()} for r in self._run("job_events", {"id": job_id})]
+
+    def summary(self) -> dict[str, Any]:
+        """Claimable, scheduled and running counts, and the age of the oldest claimable job."""
+        row = self._run("queue_summary")[0]
+        return {k: (float(v) if k == "oldest_ready_age" else int(v)) for k, v in row.items()}
+
+    def stats(self, window: float = 3600.0, worker_window: float = 120.0) -> dict[str, Any]:
+        """What `geoworker stats` shows: counts, throughput, durations, failures, workers."""
+        counts = {s.value: 0 for s in Status}
+        counts.update({r["status"]: int(r["n"]) for r in self._run("count_by_status")})
+        done = self._run("throughput", {"window": window})[0]
+        durations = [{**r, "n": int(r["n"]), "p50": _num(r["p50"]), "p95": _num(r["p95"]), "max": _num(r["max"])}
+                     for r in self._run("durations_by_task", {"window": window})]
+        failures = {r["error_code"]: int(r["n"]) for r in self._run("failure_reasons", {"window": window})}
+        workers = [{**r, "started_at": r["started_at"].isoformat(), "last_seen": r["last_seen"].isoformat(),
+                    "current_job": str(r["current_job"]) if r["current_job"] else None}
+                   for r in self._run("live_workers", {"window": worker_window})]
+        minutes = window / 60.0
+        return {
+            "counts": counts,
+            "window_seconds": window,
+            "finished": {k: int(v) for k, v in done.items()},
+            "jobs_per_minute": round(int(done["succeeded"]) / minutes, 3),
+            "durations": durations,
+            "failure_reasons": failures,
+            "queue": self.summary(),
+            "workers": workers,
+        }
+
+    # --- processes ----------------------------------------------------------------------
+
+    def register_worker(self, worker_id: str, kind: str, pid: int, parent_id: str | None = None) -> None:
+        self._run("register_worker", {"id": worker_id, "host": db.hostname(), "pid": pid, "kind": kind,
+                                      "parent_id": parent_id})
+
+    def touch_workers(self, workers: Iterable[Mapping[str, Any]]) -> None:
+        """Mark workers alive now: each {id, rss, current_job, jobs_done}."""
+        batch = [dict(w) for w in workers]
+        if batch:
+            self._run("touch_workers", {"workers": _json(batch)})
+
+    def stop_workers(self, ids: Sequence[str]) -> None:
+        if ids:
+            self._run("stop_workers", {"ids": list(ids)})
+
+    def forget_workers(self, older_than: float = 86400.0) -> None:
+        self._run("forget_workers", {"older_than": older_than})
+
+    # --- waking -------------------------------------------------------------------------
+
+    def listen(self, *channels: str) -> None:
+        """Subscribe this connection to NOTIFY channels (default: new claimable jobs)."""
+        with db.wrap_errors("listen"), self.conn.cursor() as cur:
+            for channel in channels or (db.LISTEN_CHANNEL,):
+                cur.execute(f"LISTEN {channel}")
+
+    def wait(self, timeout: float) -> list[tuple[str, str]]:
+        """Block until a notification arrives or timeout passes; returns (channel, payload) pairs."""
+        conn = self.conn
+        with db.wrap_errors("wait"):
+            if not conn.notifies:
+                readable, _, _ = select.select([conn], [], [], max(0.0, timeout))
+                if readable:
+                    conn.poll()
+            got = [(n.channel, n.payload) for n in conn.notifies]
+            conn.notifies.clear()
+        return got
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None else round(float(value), 3)
+
+
+def _is_uuid(value: str) -> bool:
+    import uuid
+
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True

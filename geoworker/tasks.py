@@ -1,0 +1,161 @@
+"""The task registry: task_type -> handler, and the debug tasks that prove the watchdog.
+
+A handler takes a TaskContext and returns a TaskResult. It raises geoworker.errors
+exceptions for expected failures (bad input is permanent, storage hiccups transient);
+anything else becomes internal_error and is retried.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from geoworker.errors import BadParams, InvalidInput, TransientError, UnknownTask
+
+
+@dataclass
+class TaskContext:
+    """What a handler gets: the job, the settings, a private work directory and a progress callback."""
+
+    job: Any  # geoworker.jobs.Job
+    settings: Any  # geoworker.config.Settings
+    workdir: Path
+    report: Callable[[int, str], None] = lambda percent, message: None
+    storage: Any = None  # geoworker.storage backend, when the task needs files
+
+    @property
+    def params(self) -> Mapping[str, Any]:
+        return self.job.params or {}
+
+    def progress(self, percent: int, message: str) -> None:
+        self.report(percent, message)
+
+
+@dataclass
+class TaskResult:
+    outputs: Any = None
+    result: Any = None
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    handler: Callable[[TaskContext], TaskResult]
+    needs_input: bool = False
+    debug: bool = False
+    description: str = ""
+
+
+_REGISTRY: dict[str, Task] = {}
+
+
+def task(name: str, *, needs_input: bool = False, debug: bool = False):
+    """Register a handler under a task type."""
+
+    def register(fn: Callable[[TaskContext], TaskResult]):
+        _REGISTRY[name] = Task(name, fn, needs_input, debug, (fn.__doc__ or "").strip().splitlines()[0])
+        return fn
+
+    return register
+
+
+def available(settings) -> dict[str, Task]:
+    """The tasks this worker runs: debug tasks only when worker.debug_tasks is on."""
+    _load_builtin_tasks()
+    return {name: t for name, t in _REGISTRY.items() if settings.worker.debug_tasks or not t.debug}
+
+
+def get(name: str, settings) -> Task:
+    tasks = available(settings)
+    if name in tasks:
+        return tasks[name]
+    if name in _REGISTRY:
+        raise UnknownTask(f"task {name!r} is a debug task and worker.debug_tasks is off on this worker")
+    raise UnknownTask(f"unknown task {name!r} (known: {', '.join(sorted(tasks))})")
+
+
+def _load_builtin_tasks() -> None:
+    # the raster tasks live beside the pipeline; importing registers them
+    import importlib
+
+    try:
+        importlib.import_module("geoworker.raster_tasks")
+    except ModuleNotFoundError as exc:
+        if exc.name != "geoworker.raster_tasks":
+            raise
+
+
+# --- debug tasks: registered always, runnable only with worker.debug_tasks = true ---------
+
+
+def _number(params: Mapping[str, Any], key: str, default: float) -> float:
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise BadParams(f"{key} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise BadParams(f"{key} must be a number, got {value!r}") from None
+    if number < 0:
+        raise BadParams(f"{key} must not be negative, got {value!r}")
+    return number
+
+
+def _sleep(seconds: float, ctx: TaskContext) -> None:
+    # short steps with progress, so the job shows life and a heartbeat thread is not needed to prove it
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, 0.25))
+
+
+@task("debug.noop", debug=True)
+def debug_noop(ctx: TaskContext) -> TaskResult:
+    """Do nothing and succeed (queue throughput, wake-up latency)."""
+    return TaskResult(result={"pid": os.getpid()})
+
+
+@task("debug.sleep", debug=True)
+def debug_sleep(ctx: TaskContext) -> TaskResult:
+    """Sleep `seconds` (default 1), then succeed (timeouts, kills, graceful stops)."""
+    seconds = _number(ctx.params, "seconds", 1.0)
+    ctx.progress(1, f"sleeping {seconds:g} s")
+    _sleep(seconds, ctx)
+    return TaskResult(result={"slept": seconds, "pid": os.getpid()})
+
+
+@task("debug.allocate", debug=True)
+def debug_allocate(ctx: TaskContext) -> TaskResult:
+    """Allocate and touch `mb` MiB, hold it `seconds`, then succeed (the memory watchdog)."""
+    mb = _number(ctx.params, "mb", 100)
+    seconds = _number(ctx.params, "seconds", 5)
+    step = 16 * 1024 * 1024
+    held = []
+    for _ in range(int(mb * 1024 * 1024) // step):
+        block = bytearray(step)
+        block[::4096] = b"\1" * len(block[::4096])  # touch every page so RSS really grows
+        held.append(block)
+    ctx.progress(50, f"holding {mb:g} MiB")
+    _sleep(seconds, ctx)
+    return TaskResult(result={"allocated_mb": mb})
+
+
+@task("debug.crash", debug=True)
+def debug_crash(ctx: TaskContext) -> TaskResult:
+    """Die at once like a segfault would (`signal`, default: exit code 70 with no cleanup)."""
+    sig = ctx.params.get("signal")
+    if sig:
+        os.kill(os.getpid(), getattr(signal, str(sig), signal.SIGSEGV))
+    os._exit(70)
+
+
+@task("debug.fail", debug=True)
+def debug_fail(ctx: TaskContext) -> TaskResult:
+    """Raise an error: permanent (bad input, no retry) or transient (retried with backoff)."""
+    permanent = ctx.params.get("permanent", False)
+    if permanent in (True, "true", "1", 1, "yes"):
+        raise InvalidInput(ctx.params.get("message", "debug.fail asked for a permanent failure"))
+    raise TransientError(ctx.params.get("message", "debug.fail asked for a transient failure"))
