@@ -1,0 +1,342 @@
+"""The command line: `geoworker <command>` (and `python -m geoworker`).
+
+A contract that tests and operators script against (DESIGN.md section 7). A user
+mistake is one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from geoworker import __version__
+from geoworker.errors import ConfigError, DatabaseUnavailable, GeoworkerError
+
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+EXIT_USAGE = 64
+
+
+class UsageError(GeoworkerError):
+    """The command line is wrong."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        _err(f"configuration error: {exc}")
+        return EXIT_CONFIG
+    except DatabaseUnavailable as exc:
+        _err(f"database unavailable: {exc}")
+        return EXIT_ERROR
+    except GeoworkerError as exc:
+        _err(str(exc))
+        return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `geoworker list | head`
+        return 0
+
+
+def _err(message: str) -> None:
+    print(f"geoworker: {message}", file=sys.stderr)
+
+
+def _out(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# --- shared plumbing -------------------------------------------------------------------
+
+
+def load(args):
+    from geoworker.config import load_settings
+
+    return load_settings(getattr(args, "config", None))
+
+
+def open_queue(settings, worker_id: str = "cli"):
+    """A JobQueue on the configured database, its schema checked (the embedded one is migrated)."""
+    from geoworker import db
+    from geoworker.jobs import JobQueue
+
+    queue = JobQueue.from_settings(settings, worker_id=worker_id, application_name=f"geoworker-{worker_id}")
+    if not settings.database.dsn:
+        db.migrate(queue.conn)  # nothing to coordinate on a private server: keep it current
+    db.require_schema(queue.conn)
+    return queue
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs; a VALUE that parses as JSON (numbers, true, lists) keeps its type."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--param {pair!r}: expected KEY=VALUE")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        params[key] = value
+    return params
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def cmd_migrate(args) -> int:
+    from geoworker import db
+
+    settings = load(args)
+    conn = db.connect_settings(settings, "geoworker-migrate")
+    try:
+        applied = db.migrate(conn)
+        version = db.schema_version(conn)
+    finally:
+        conn.close()
+    if applied:
+        print(f"applied {', '.join(applied)}; schema at version {version}")
+    else:
+        print(f"schema is up to date (version {version})")
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from geoworker import tasks
+
+    settings = load(args)
+    params = parse_params(args.param or [])
+    task = tasks.get(args.task, settings)
+    if args.max_attempts is not None and args.max_attempts < 1:
+        raise UsageError("--max-attempts must be at least 1")
+    source = args.source
+    if task.needs_input and not source:
+        raise UsageError(f"task {task.name} needs an input: geoworker submit FILE|URL --task {task.name}")
+    queue = open_queue(settings)
+    input_ref = _input_reference(source, settings, queue) if source else None
+    job = queue.enqueue(task.name, params, input=input_ref, priority=args.priority,
+                        max_attempts=args.max_attempts or settings.retry.max_attempts)
+    if args.json:
+        _out(job.to_dict())
+    else:
+        print(job.id)
+    return 0
+
+
+def _input_reference(source: str, settings, queue) -> dict[str, Any]:
+    """Where the job finds its input: a URL as given, a local file by absolute path."""
+    if "://" in source:
+        return {"url": source}
+    path = Path(source)
+    if not path.exists():
+        raise UsageError(f"{source}: no such file")
+    if not path.is_file():
+        raise UsageError(f"{source}: not a regular file")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{source}: not readable")
+    return {"path": str(path.resolve()), "name": path.name, "size": path.stat().st_size}
+
+
+def cmd_status(args) -> int:
+    queue = open_queue(load(args))
+    job = queue.get(args.job_id)
+    if args.json:
+        _out(job.to_dict())
+        return 0
+    lines = [
+        ("id", job.id),
+        ("task", job.task_type),
+        ("status", job.status + (f" ({job.progress}%: {job.progress_message})" if job.status == "running" else "")),
+        ("priority", job.priority),
+        ("attempts", f"{job.attempts} of {job.max_attempts}"),
+        ("created", job.created_at),
+        ("run at", job.run_at if job.status == "queued" else None),
+        ("started", job.started_at),
+        ("finished", job.finished_at),
+        ("worker", job.locked_by),
+        ("error", job.last_error),
+        ("params", json.dumps(job.params) if job.params else None),
+        ("input", json.dumps(job.input) if job.input else None),
+        ("outputs", json.dumps(job.outputs) if job.outputs else None),
+    ]
+    for name, value in lines:
+        if value is not None:
+            print(f"{name + ':':10} {value}")
+    return 0
+
+
+def cmd_events(args) -> int:
+    queue = open_queue(load(args))
+    events = queue.events(args.job_id)
+    if args.json:
+        _out(events)
+        return 0
+    for e in events:
+        print(f"{e['at']}  {e['kind']:<16} {e['message'] or ''}" + (f"  [{e['worker']}]" if e["worker"] else ""))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from geoworker.jobs import Status
+
+    if args.status and args.status not in {s.value for s in Status}:
+        raise UsageError(f"--status must be one of {', '.join(s.value for s in Status)}")
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    queue = open_queue(load(args))
+    jobs = queue.list(status=args.status, limit=args.limit)
+    if args.json:
+        _out([j.to_dict() for j in jobs])
+        return 0
+    for j in jobs:
+        print(f"{j.id}  {j.status:<9} {j.progress:>3}%  {j.attempts}/{j.max_attempts}  {j.task_type:<16} "
+              f"{j.created_at:%Y-%m-%d %H:%M:%S}  {j.error_code or ''}")
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    queue = open_queue(load(args))
+    job = queue.cancel(args.job_id)
+    print(f"{job.id} cancelled")
+    return 0
+
+
+def cmd_retry(args) -> int:
+    queue = open_queue(load(args))
+    job = queue.retry_now(args.job_id)
+    print(f"{job.id} queued again")
+    return 0
+
+
+def cmd_config(args) -> int:
+    if args.check:
+        try:
+            settings = load(args)
+        except ConfigError as exc:
+            _err(f"configuration error: {exc}")
+            return EXIT_ERROR
+        print(f"configuration OK ({settings.config_path or 'no config file; defaults and environment'})")
+        return 0
+    settings = load(args)
+    data = settings.as_dict(mask_secrets=True)
+    if args.json:
+        _out({"config_path": settings.config_path, **data})
+        return 0
+    print(f"# effective settings (config file: {settings.config_path or 'none'}; secrets masked)")
+    for section, values in data.items():
+        print(f"\n[{section}]")
+        for key, value in values.items():
+            print(f"{key} = {json.dumps(value)}")
+    if not settings.database.dsn:
+        print("\n# database.dsn is empty: geoworker uses the embedded PostgreSQL in database.embedded_dir")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    queue = open_queue(load(args))
+    stats = queue.stats()
+    if args.json:
+        _out(stats)
+        return 0
+    counts = stats["counts"]
+    print("jobs:      " + "  ".join(f"{k} {v}" for k, v in counts.items()))
+    q = stats["queue"]
+    print(f"queue:     {q['ready']} ready, {q['scheduled']} scheduled for later, {q['running']} running; "
+          f"oldest ready {q['oldest_ready_age']:.1f} s")
+    f = stats["finished"]
+    print(f"last hour: {f['succeeded']} succeeded, {f['failed']} failed, {f['cancelled']} cancelled "
+          f"({stats['jobs_per_minute']:.2f} jobs/min)")
+    for d in stats["durations"]:
+        print(f"duration:  {d['task_type']}: n={d['n']} p50={d['p50']:.3f}s p95={d['p95']:.3f}s max={d['max']:.3f}s")
+    if stats["failure_reasons"]:
+        print("failures:  " + "  ".join(f"{k} {v}" for k, v in stats["failure_reasons"].items()))
+    print(f"workers:   {len(stats['workers'])} alive")
+    for w in stats["workers"]:
+        rss = f"{w['rss'] / 1048576:.0f} MiB" if w["rss"] else "-"
+        print(f"  {w['kind']:<10} {w['host']} pid {w['pid']:<7} rss {rss:>8}  done {w['jobs_done']:<5} "
+              f"job {w['current_job'] or '-'}")
+    return 0
+
+
+def not_built(name: str, issue: str):
+    def command(args) -> int:
+        _err(f"`geoworker {name}` is not built yet ({issue})")
+        return EXIT_ERROR
+
+    return command
+
+
+# --- the parser -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="config.toml to read (default: $GEOWORKER_CONFIG or ./config.toml)")
+    parser = argparse.ArgumentParser(prog="geoworker", parents=[common],
+                                     description="GeoTIFF to web-ready PNG worker on a PostgreSQL job queue.")
+    parser.add_argument("--version", action="version", version=f"geoworker {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def add(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    add("migrate", cmd_migrate, "apply schema migrations (idempotent)")
+
+    p = add("run", not_built("run", "the supervisor issue"), "run the supervisor and its pool of children")
+    p.add_argument("--concurrency", type=int, help="number of child processes (default: worker.concurrency)")
+    p.add_argument("--drain", action="store_true", help="exit 0 when no queued or running job is left")
+
+    p = add("submit", cmd_submit, "queue a job; prints its id")
+    p.add_argument("source", nargs="?", metavar="FILE|URL", help="the input GeoTIFF")
+    p.add_argument("--task", default="geotiff_to_png", help="task type (default: geotiff_to_png)")
+    p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    p.add_argument("--max-attempts", type=int, help="attempts before the job fails (default: retry.max_attempts)")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="task parameter (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the whole job as JSON")
+
+    for name, func, help in (("status", cmd_status, "show one job"), ("events", cmd_events, "show a job's history")):
+        p = add(name, func, help)
+        p.add_argument("job_id", metavar="JOB_ID")
+        p.add_argument("--json", action="store_true")
+
+    p = add("list", cmd_list, "list the newest jobs")
+    p.add_argument("--status", help="only jobs in this status")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+
+    add("cancel", cmd_cancel, "cancel a pending, queued or running job").add_argument("job_id", metavar="JOB_ID")
+    add("retry", cmd_retry, "queue a failed or cancelled job again").add_argument("job_id", metavar="JOB_ID")
+
+    p = add("process", not_built("process", "the processing issue"), "run the pipeline on one file, no queue")
+    p.add_argument("input", metavar="IN.tif")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE")
+
+    p = add("health", not_built("health", "the operations issue"), "check database, API, file system, dependencies")
+    p.add_argument("--json", action="store_true")
+
+    p = add("config", cmd_config, "print the effective settings (secrets masked)")
+    p.add_argument("--check", action="store_true", help="only validate; exit 0 or 1")
+    p.add_argument("--json", action="store_true")
+
+    p = add("stats", cmd_stats, "counts, throughput, durations, failures, workers")
+    p.add_argument("--json", action="store_true")
+
+    add("api", not_built("api", "the HTTP API issue"), "run the HTTP API server")
+    add("demo", not_built("demo", "the processing issue"), "process a sample GeoTIFF through the queue")
+    return parser

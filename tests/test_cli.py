@@ -1,0 +1,124 @@
+"""The command line as a user runs it: a subprocess against a real database."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import run_cli
+
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@pytest.fixture
+def env(cli_env):
+    return {**cli_env, "GEOWORKER_WORKER_DEBUG_TASKS": "true"}
+
+
+def ok(result):
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def user_error(result, pattern: str, code: int | None = None):
+    assert result.returncode != 0
+    if code is not None:
+        assert result.returncode == code
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_migrate_is_idempotent(env, tmp_path):
+    assert "schema is up to date" in ok(run_cli(["migrate"], env, cwd=tmp_path))
+
+
+def test_submit_prints_only_the_id_and_status_events_list_agree(env, tmp_path):
+    out = ok(run_cli(["submit", "--task", "debug.sleep", "--param", "seconds=2.5", "--param", "note=hi",
+                      "--priority", "7", "--max-attempts", "2"], env, cwd=tmp_path))
+    job_id = out.strip()
+    assert UUID.match(job_id), out
+
+    status = json.loads(ok(run_cli(["status", job_id, "--json"], env, cwd=tmp_path)))
+    assert status["id"] == job_id
+    assert (status["status"], status["priority"], status["max_attempts"]) == ("queued", 7, 2)
+    assert status["params"] == {"seconds": 2.5, "note": "hi"}
+    for field in ("task_type", "progress", "attempts", "run_at", "locked_by", "heartbeat_at", "error_code",
+                  "last_error", "created_at", "updated_at", "outputs", "result", "owner", "input"):
+        assert field in status
+
+    human = ok(run_cli(["status", job_id], env, cwd=tmp_path))
+    assert "status:    queued" in human and "attempts:  0 of 2" in human
+
+    events = json.loads(ok(run_cli(["events", job_id, "--json"], env, cwd=tmp_path)))
+    assert [e["kind"] for e in events] == ["created"]
+    assert set(events[0]) == {"at", "kind", "message", "worker", "data"}
+
+    listed = json.loads(ok(run_cli(["list", "--status", "queued", "--json"], env, cwd=tmp_path)))
+    assert [j["id"] for j in listed] == [job_id]
+    assert json.loads(ok(run_cli(["list", "--status", "failed", "--json"], env, cwd=tmp_path))) == []
+
+    as_json = json.loads(ok(run_cli(["submit", "--task", "debug.noop", "--json"], env, cwd=tmp_path)))
+    assert UUID.match(as_json["id"]) and as_json["task_type"] == "debug.noop"
+
+
+def test_cancel_and_retry(env, tmp_path):
+    job_id = ok(run_cli(["submit", "--task", "debug.noop"], env, cwd=tmp_path)).strip()
+    assert "cancelled" in ok(run_cli(["cancel", job_id], env, cwd=tmp_path))
+    user_error(run_cli(["cancel", job_id], env, cwd=tmp_path), r"already cancelled")
+    assert "queued again" in ok(run_cli(["retry", job_id], env, cwd=tmp_path))
+    user_error(run_cli(["retry", job_id], env, cwd=tmp_path), r"only failed or cancelled")
+
+
+def test_stats_json(env, tmp_path):
+    ok(run_cli(["submit", "--task", "debug.noop"], env, cwd=tmp_path))
+    stats = json.loads(ok(run_cli(["stats", "--json"], env, cwd=tmp_path)))
+    assert stats["counts"]["queued"] == 1 and stats["queue"]["ready"] == 1
+    assert "jobs:" in ok(run_cli(["stats"], env, cwd=tmp_path))
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["status", "3f1e0c1a-1111-4111-8111-111111111111"], r"no job 3f1e0c1a"),
+    (["status", "nonsense"], r"no job 'nonsense' \(a job id is a UUID\)"),
+    (["events", "3f1e0c1a-1111-4111-8111-111111111111"], r"no job"),
+    (["cancel", "3f1e0c1a-1111-4111-8111-111111111111"], r"no job"),
+    (["submit", "--task", "debug.noop", "--param", "novalue"], r"--param 'novalue': expected KEY=VALUE"),
+    (["submit", "/nope/missing.tif"], r"/nope/missing.tif: no such file"),
+    (["submit"], r"task geotiff_to_png needs an input"),
+    (["submit", "--task", "made.up"], r"unknown task 'made.up'"),
+    (["submit", "--task", "debug.noop", "--max-attempts", "0"], r"--max-attempts must be at least 1"),
+    (["list", "--status", "sleeping"], r"--status must be one of"),
+])
+def test_user_mistakes_are_one_line_and_non_zero(env, tmp_path, args, pattern):
+    user_error(run_cli(args, env, cwd=tmp_path), pattern)
+
+
+def test_debug_tasks_are_refused_unless_enabled(cli_env, tmp_path):
+    user_error(run_cli(["submit", "--task", "debug.noop"], cli_env, cwd=tmp_path), r"debug_tasks is off")
+
+
+def test_unreachable_database_is_one_line(cli_env, tmp_path):
+    env = {**cli_env, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "GEOWORKER_DATABASE_CONNECT_TIMEOUT": "2"}
+    user_error(run_cli(["list"], env, cwd=tmp_path), r"^geoworker: database unavailable: cannot connect to PostgreSQL")
+
+
+def test_no_schema_asks_for_migrate(cli_env, fresh_db, tmp_path):
+    env = {**cli_env, "DATABASE_URL": fresh_db()}
+    user_error(run_cli(["list"], env, cwd=tmp_path), r"run `geoworker migrate`")
+    ok(run_cli(["migrate"], env, cwd=tmp_path))
+    assert ok(run_cli(["list", "--json"], env, cwd=tmp_path)).strip() == "[]"
+
+
+def test_python_dash_m_and_console_script_are_the_same(env, tmp_path):
+    import shutil
+    import subprocess
+
+    script = shutil.which("geoworker")
+    assert script, "the console script is not installed"
+    direct = subprocess.run([script, "--version"], capture_output=True, text=True, env=env)
+    module = run_cli(["--version"], env)
+    assert direct.returncode == module.returncode == 0
+    assert direct.stdout == module.stdout and direct.stdout.startswith("geoworker ")
