@@ -142,20 +142,29 @@ def warp_grid(src_transform: Affine, src_size: tuple[int, int], src_crs: CRS, ds
     return Affine(span_x / width, 0, left, 0, -span_y / height, top), width, height
 
 
-def warp_image(image: np.ndarray, valid: np.ndarray | None, src_transform: Affine, src_crs: CRS,
-               dst_transform: Affine, dst_crs: CRS, dst_shape: tuple[int, int], resampling: str,
-               num_threads: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Reproject rendered uint8 bands; the source validity travels as an alpha band.
+# The rendered image is already at the output resolution (the decimated read averaged
+# it), so the warp only shifts and rotates it by fractions of a pixel: nearest keeps
+# every value as read and never mixes invalid pixels into valid ones, like gdalwarp's
+# default. (Bilinear measured 3-4x slower on 4096^2 with no visible gain at 1:1 scale.)
+WARP_RESAMPLING = "nearest"
 
-    The warper leaves invalid source pixels out of each output pixel, so edges keep
-    their colour, and everything outside the source footprint becomes invalid.
+
+def warp_image(image: np.ndarray, valid: np.ndarray | None, src_transform: Affine, src_crs: CRS,
+               dst_transform: Affine, dst_crs: CRS, dst_shape: tuple[int, int], resampling: str = WARP_RESAMPLING,
+               num_threads: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Reproject rendered uint8 bands onto the output grid; outside the source is invalid.
+
+    The validity travels as one more plain band (0/255) through the same nearest-neighbour
+    warp, which takes GDAL's fast no-mask path; nearest never blends an invalid pixel
+    into a valid one, so edges get no dark fringe.
 
     Args:
         image: (c, h, w) uint8 rendered bands (without alpha).
         valid: source validity, or None for all valid.
         src_transform, src_crs: the source grid.
         dst_transform, dst_crs, dst_shape: the output grid (height, width).
-        resampling: a Resampling name (nearest for palettes).
+        resampling: a Resampling name; anything but nearest also warps the 0/255 validity band
+            with it, and pixels under half valid become invalid.
         num_threads: warper threads.
     Returns:
         (warped bands (c, H, W), valid (H, W) boolean).
@@ -163,8 +172,9 @@ def warp_image(image: np.ndarray, valid: np.ndarray | None, src_transform: Affin
     count = image.shape[0]
     alpha = np.full(image.shape[1:], 255, np.uint8) if valid is None else np.where(valid, np.uint8(255), np.uint8(0))
     source = np.concatenate([image, alpha[None]])
+    del alpha
     destination = np.zeros((count + 1, *dst_shape), np.uint8)
     reproject(source, destination, src_transform=src_transform, src_crs=src_crs, dst_transform=dst_transform,
-              dst_crs=dst_crs, src_alpha=count + 1, dst_alpha=count + 1, resampling=Resampling[resampling],
-              num_threads=num_threads, init_dest_nodata=True)
-    return destination[:count], destination[count] > 0
+              dst_crs=dst_crs, resampling=Resampling[resampling], num_threads=num_threads, init_dest_nodata=True,
+              warp_mem_limit=128)
+    return destination[:count], destination[count] >= 128

@@ -28,21 +28,8 @@ from geoworker.processing.options import Options
 
 Progress = Callable[[int, str], None]
 
-# GDAL's block cache defaults to 5% of RAM; a decimated read needs only a few rows of
-# blocks, and a large cache is what makes RSS grow with the input size.
-GDAL_CACHE_MB = 64
 STATS_SIZE = 1024  # long side of the decimated read that describe_file takes statistics from
-
-
-def gdal_env() -> rasterio.Env:
-    """The GDAL settings every read runs under (bounded cache, threaded decoding, no sidecar scan)."""
-    return rasterio.Env(
-        GDAL_CACHEMAX=GDAL_CACHE_MB,
-        GDAL_NUM_THREADS=os.cpu_count() or 1,
-        GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR",
-        CPL_VSIL_CURL_ALLOWED_EXTENSIONS=".tif",
-        GTIFF_REPORT_COMPD_CS=False,
-    )
+READ_THREADS = min(4, os.cpu_count() or 1)
 
 
 @dataclass
@@ -162,25 +149,23 @@ def _output_crs(options: Options, geo: metadata.Georeference, run: _Run) -> CRS 
 def _stage_read(source: _Source, options: Options, run: _Run, shape: tuple[int, int]):
     plan = read.plan_bands(source.ds, options.bands)
     run.warn(*plan.warnings)
-    data, valid = read.read_decimated(source.ds, plan, shape, options.resampling)
+    data, valid = read.read_decimated(source.ds, plan, shape, options.resampling, READ_THREADS)
     return plan, data, valid
 
 
-def _stage_render(source: _Source, options: Options, run: _Run, plan, data, valid):
-    stats = _statistics(data, valid, plan.indexes, options.percentiles)
-    bands, valid, ranges = _render_bands(data, valid, plan, stats, options, source.ds, run)
-    del data
+def _stage_warp(source: _Source, options: Options, run: _Run, plan: read.BandPlan, bands: np.ndarray,
+                valid: np.ndarray | None):
+    """Place the rendered bands on the output grid: the source grid scaled, or warped to another CRS."""
     height, width = bands.shape[1:]
     transform = georef.scaled_transform(source.geo.transform, (source.ds.width, source.ds.height), (width, height))
     crs = source.geo.crs
     target = _output_crs(options, source.geo, run)
     if target is not None:
         dst_transform, w, h = georef.warp_grid(transform, (width, height), crs, target, options.max_size)
-        method = "nearest" if plan.kind == "palette" else "bilinear"
-        bands, valid = georef.warp_image(bands, valid, transform, crs, dst_transform, target, (h, w), method)
+        bands, valid = georef.warp_image(bands, valid, transform, crs, dst_transform, target, (h, w),
+                                         num_threads=READ_THREADS)
         transform, crs = dst_transform, target
-    image = render.compose(list(bands), valid)
-    return image, transform, crs, stats, ranges
+    return render.compose(list(bands), valid), transform, crs
 
 
 def _write_sidecars(out_dir: Path, stem: str, options: Options, transform, crs) -> dict[str, str | None]:
@@ -245,7 +230,7 @@ def process_file(src: str | Path, out_dir: str | Path, options: Options,
     stem = sanitise_stem(stem or src.name)
     run = _Run(progress)
     started = time.perf_counter()
-    with ExitStack() as stack, gdal_env(), ThreadPoolExecutor(1) as pool:
+    with ExitStack() as stack, read.gdal_env(), ThreadPoolExecutor(1) as pool:
         with run.stage("validate", 2, "validating the input"):
             source = _open_source(src, options, run, stack)
             sha: Future = pool.submit(metadata.sha256_file, src)  # overlaps the read; hashlib frees the GIL
@@ -253,18 +238,24 @@ def process_file(src: str | Path, out_dir: str | Path, options: Options,
         shape = read.output_shape(source.ds.width, source.ds.height, options.max_size)
         with run.stage("read", 10, f"reading {source.ds.width} x {source.ds.height} pixels at {shape[1]} x {shape[0]}"):
             plan, data, valid = _stage_read(source, options, run, shape)
-        with run.stage("render", 55, "rendering colours and georeferencing"):
-            image, transform, crs, stats, ranges = _stage_render(source, options, run, plan, data, valid)
-            del data, valid
+        with run.stage("render", 55, "rendering colours"):
+            stats = _statistics(data, valid, plan.indexes, options.percentiles)
+            bands, valid, ranges = _render_bands(data, valid, plan, stats, options, source.ds, run)
+            del data
+        with run.stage("warp", 65, "georeferencing the output grid"):
+            image, transform, crs = _stage_warp(source, options, run, plan, bands, valid)
+            del bands, valid
+            pixels = encode.interleave(image)
+            del image
         out_dir.mkdir(parents=True, exist_ok=True)
         outputs: dict[str, str | None] = {}
         sizes: dict[str, int] = {}
         with run.stage("encode", 75, f"encoding {options.output_format.upper()}"):
-            img = encode.to_pil(image)
-            del image
             outputs["png"] = f"{stem}.{options.extension}"
-            sizes["png"] = encode.save_image(img, out_dir / outputs["png"], options.output_format,
-                                             options.compression_quality)
+            sizes["png"] = encode.save_pixels(pixels, out_dir / outputs["png"], options.output_format,
+                                              options.compression_quality)
+            img = encode.to_pil(pixels)
+            del pixels
             thumb_size = None
             if options.generate_thumbnails and options.thumbnail_size > 0:
                 thumb = encode.make_thumbnail(img, options.thumbnail_size)
@@ -310,7 +301,7 @@ def describe_file(src: str | Path, options: Options) -> dict:
     src = Path(src)
     run = _Run(None)
     started = time.perf_counter()
-    with ExitStack() as stack, gdal_env():
+    with ExitStack() as stack, read.gdal_env():
         with run.stage("validate", 0, "validating"):
             source = _open_source(src, options, run, stack)
             doc = metadata.dataset_summary(source.ds, source.geo)

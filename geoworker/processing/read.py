@@ -9,15 +9,32 @@ colour instead of fading into black.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import RasterioError
+from rasterio.windows import Window
 
 from geoworker.errors import BadParams, InvalidInput
 from geoworker.processing.render import invalid_mask
+
+
+# GDAL's block cache defaults to 5% of RAM; a decimated read needs only a few rows of
+# blocks, and a large cache is what would make RSS grow with the input size.
+GDAL_OPTIONS = {
+    "GDAL_CACHEMAX": 64,  # MB
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing; .ovr/.msk sidecars are still probed
+}
+MIN_ROWS_PER_THREAD = 128
+
+
+def gdal_env() -> rasterio.Env:
+    """The GDAL settings every read runs under."""
+    return rasterio.Env(**GDAL_OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -111,7 +128,7 @@ def read_dtype(dtype: str) -> str:
 
 
 def read_decimated(ds: rasterio.DatasetReader, plan: BandPlan, shape: tuple[int, int],
-                   resampling: str) -> tuple[np.ndarray, np.ndarray | None]:
+                   resampling: str, threads: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
     """Read the planned bands at `shape` and the validity of each output pixel.
 
     Args:
@@ -119,6 +136,8 @@ def read_decimated(ds: rasterio.DatasetReader, plan: BandPlan, shape: tuple[int,
         plan: what plan_bands chose.
         shape: (height, width) of the result.
         resampling: a rasterio Resampling name; palettes always use nearest.
+        threads: read this many horizontal bands of the output at once, each through its
+            own handle (the decimating RasterIO of one handle runs on one core).
     Returns:
         (data of shape (n, h, w), valid boolean mask or None when all pixels are valid).
         A pixel is valid when any source pixel under it is valid.
@@ -128,8 +147,13 @@ def read_decimated(ds: rasterio.DatasetReader, plan: BandPlan, shape: tuple[int,
     dtypes = {read_dtype(ds.dtypes[i - 1]) for i in indexes}
     out_dtype = np.result_type(*dtypes) if len(dtypes) > 1 else dtypes.pop()
     try:
-        data = ds.read(indexes, out_shape=(len(indexes), *shape), resampling=method, out_dtype=out_dtype)
-        valid = _validity(ds, plan, data, shape, method)
+        if method == Resampling.nearest:
+            data = _read_nearest(ds, shape, lambda window: ds.read(indexes, window=window, out_dtype=out_dtype))
+        else:
+            data = _read_rows(ds, shape, threads, lambda d, window, rows: d.read(
+                indexes, window=window, out_shape=(len(indexes), rows, shape[1]), resampling=method,
+                out_dtype=out_dtype))
+        valid = _validity(ds, plan, data, shape, method, threads)
     except RasterioError as exc:
         raise InvalidInput(f"the TIFF's pixel data cannot be decoded (corrupt or truncated): {_gdal_message(exc)}") from None
     if plan.alpha:
@@ -137,11 +161,62 @@ def read_decimated(ds: rasterio.DatasetReader, plan: BandPlan, shape: tuple[int,
     return data, valid
 
 
-def _validity(ds, plan: BandPlan, data: np.ndarray, shape: tuple[int, int], method: Resampling) -> np.ndarray | None:
+def _read_rows(ds: rasterio.DatasetReader, shape: tuple[int, int], threads: int, read) -> np.ndarray:
+    """Call read(dataset, window, rows) for horizontal bands of the output, in threads, and stack them."""
+    height = shape[0]
+    parts = max(1, min(threads, height // MIN_ROWS_PER_THREAD))
+    if parts == 1:
+        return read(ds, None, height)
+    bounds = [round(height * i / parts) for i in range(parts + 1)]
+    scale = ds.height / height
+
+    def band(i: int) -> np.ndarray:
+        r0, r1 = bounds[i], bounds[i + 1]
+        window = Window(0, r0 * scale, ds.width, (r1 - r0) * scale)
+        with rasterio.Env(**GDAL_OPTIONS), rasterio.open(ds.name, driver="GTiff") as handle:
+            return read(handle, window, r1 - r0)
+
+    with ThreadPoolExecutor(parts) as pool:
+        pieces = list(pool.map(band, range(parts)))
+    out = np.empty(pieces[0].shape[:-2] + shape, pieces[0].dtype)
+    for i, piece in enumerate(pieces):
+        out[..., bounds[i]:bounds[i + 1], :] = piece
+    return out
+
+
+def _read_nearest(ds: rasterio.DatasetReader, shape: tuple[int, int], read) -> np.ndarray:
+    """Nearest-neighbour decimation by reading full-resolution row windows and picking pixels.
+
+    GDAL's own nearest-neighbour RasterIO was measured at 30-120 s on a 100 MB tiled
+    DEFLATE file (it revisits blocks per output pixel); decoding each block once and
+    indexing in numpy takes under a second. Memory: one window of about 32 MB.
+    """
+    out_h, out_w = shape
+    rows = np.minimum(((np.arange(out_h) + 0.5) * ds.height / out_h).astype(np.int64), ds.height - 1)
+    cols = np.minimum(((np.arange(out_w) + 0.5) * ds.width / out_w).astype(np.int64), ds.width - 1)
+    bytes_per_row = ds.width * ds.count * 8
+    step = max(ds.block_shapes[0][0], (32 << 20) // max(1, bytes_per_row))
+    pieces = []
+    for start in range(0, ds.height, step):
+        wanted = rows[(rows >= start) & (rows < start + step)]
+        if len(wanted) == 0:
+            continue
+        first, last = int(wanted[0]), int(wanted[-1])
+        block = read(Window(0, first, ds.width, last - first + 1))
+        pieces.append(block[..., wanted - first, :][..., cols])
+    return np.concatenate(pieces, axis=-2)
+
+
+def _validity(ds, plan: BandPlan, data: np.ndarray, shape: tuple[int, int], method: Resampling,
+              threads: int) -> np.ndarray | None:
     if plan.mask == "alpha":
         return data[-1] > 0
     if plan.mask == "per_dataset":
-        return ds.read_masks(plan.indexes[0], out_shape=shape, resampling=method) > 0
+        index = plan.indexes[0]
+        if method == Resampling.nearest:
+            return _read_nearest(ds, shape, lambda window: ds.read_masks(index, window=window)) > 0
+        return _read_rows(ds, shape, threads, lambda d, window, rows: d.read_masks(
+            index, window=window, out_shape=(rows, shape[1]), resampling=method)) > 0
     if plan.mask == "nodata":
         # GDAL's mask-aware average yields nodata only where no source pixel was valid,
         # so the read values carry the mask: no second pass over the file.
