@@ -27,7 +27,7 @@ def scaled_transform(transform: Affine, src_size: tuple[int, int], out_size: tup
     Returns:
         the output grid's transform.
     """
-    return transform * Affine.scale(src_size[0] / out_size[0], src_size[1] / out_size[1])
+    return transform @ Affine.scale(src_size[0] / out_size[0], src_size[1] / out_size[1])
 
 
 def world_file_lines(transform: Affine) -> list[str]:
@@ -81,7 +81,7 @@ def grid_corners(transform: Affine, width: int, height: int) -> dict[str, tuple[
         upper_left, upper_right, lower_right, lower_left as (x, y).
     """
     points = {"upper_left": (0, 0), "upper_right": (width, 0), "lower_right": (width, height), "lower_left": (0, height)}
-    return {name: tuple(float(v) for v in transform * p) for name, p in points.items()}
+    return {name: tuple(float(v) for v in transform @ p) for name, p in points.items()}
 
 
 def grid_bounds(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:

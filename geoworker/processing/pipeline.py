@@ -110,6 +110,13 @@ def _file_doc(source: _Source, sha256: str | None) -> dict:
     return doc
 
 
+def _summary_doc(source: _Source) -> dict:
+    doc = metadata.dataset_summary(source.ds, source.geo)
+    if source.header is not None:  # GDAL does not say whether a one-block image is tiled; the header does
+        doc["tiled"] = source.header.tiled
+    return doc
+
+
 def _statistics(data: np.ndarray, valid: np.ndarray | None, indexes, percentiles) -> list[render.BandStats]:
     return [render.band_statistics(data[k], valid, percentiles) for k in range(len(indexes))]
 
@@ -234,7 +241,7 @@ def process_file(src: str | Path, out_dir: str | Path, options: Options,
         with run.stage("validate", 2, "validating the input"):
             source = _open_source(src, options, run, stack)
             sha: Future = pool.submit(metadata.sha256_file, src)  # overlaps the read; hashlib frees the GIL
-            doc = metadata.dataset_summary(source.ds, source.geo)
+            doc = _summary_doc(source)
         shape = read.output_shape(source.ds.width, source.ds.height, options.max_size)
         with run.stage("read", 10, f"reading {source.ds.width} x {source.ds.height} pixels at {shape[1]} x {shape[0]}"):
             plan, data, valid = _stage_read(source, options, run, shape)
@@ -304,7 +311,7 @@ def describe_file(src: str | Path, options: Options) -> dict:
     with ExitStack() as stack, read.gdal_env():
         with run.stage("validate", 0, "validating"):
             source = _open_source(src, options, run, stack)
-            doc = metadata.dataset_summary(source.ds, source.geo)
+            doc = _summary_doc(source)
         with run.stage("read", 0, "statistics"):
             ds = source.ds
             shape = read.output_shape(ds.width, ds.height, STATS_SIZE)
