@@ -79,7 +79,7 @@ def generate(data_dir: Path, which: list[str]) -> dict[str, Path]:
         # 5800 x 5800 x 3 bytes = 100.9 MB, one-row strips as most exporters write them
         "rgb": lambda p: _write(p, 5800, 5800, 3, "uint8", scene_block, photometric="RGB", interleave="pixel"),
         # about 100 MB after DEFLATE + horizontal predictor
-        "dem": lambda p: _write(p, 11000, 11000, 1, "uint16", _dem_block, tiled=True, blockxsize=512,
+        "dem": lambda p: _write(p, 13000, 13000, 1, "uint16", _dem_block, tiled=True, blockxsize=512,
                                 blockysize=512, compress="deflate", predictor=2, zlevel=6),
         # 19000 x 19000 x 3 = 1.08 GB, forced BigTIFF
         "big": lambda p: _write(p, 19000, 19000, 3, "uint8", scene_block, tiled=True, blockxsize=512,

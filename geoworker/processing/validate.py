@@ -184,10 +184,6 @@ def check_header(header: TiffHeader) -> None:
     if header.sample_format in (5, 6):
         raise Unsupported(f"the TIFF holds {_SAMPLE_FORMATS[header.sample_format]} (complex-valued) pixels, "
                           "which cannot be rendered as an image; convert it to a real data type first")
-    pixels = w * h
-    if pixels > MAX_PIXELS:
-        raise TooLarge(f"the TIFF declares {w:,} x {h:,} pixels ({pixels / 1e9:,.0f} gigapixels), "
-                       f"more than the {MAX_PIXELS / 1e9:,.0f} gigapixels this worker accepts")
     raw = header.raw_bytes
     if header.compression == 1 and raw > header.file_size:
         raise InvalidInput(f"TIFF is truncated: it declares {w:,} x {h:,} pixels ({human_bytes(raw)} of "
@@ -196,6 +192,10 @@ def check_header(header: TiffHeader) -> None:
         raise InvalidInput(f"the TIFF declares {w:,} x {h:,} pixels ({human_bytes(raw)} of pixel data) but the file "
                            f"is only {human_bytes(header.file_size)}: its header is corrupt or the file is "
                            "not a real image")
+    pixels = w * h
+    if pixels > MAX_PIXELS:
+        raise TooLarge(f"the TIFF declares {w:,} x {h:,} pixels ({pixels / 1e9:,.0f} gigapixels), "
+                       f"more than the {MAX_PIXELS / 1e9:,.0f} gigapixels this worker accepts")
 
 
 class _IfdReader:

@@ -1,0 +1,170 @@
+"""Broken and hostile inputs end as one specific, permanent error with a helpful message.
+
+Never a crash, a generic internal error or a hang: each case runs under a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from geoworker.errors import InvalidInput, TooLarge, Unsupported, describe
+from geoworker.processing import Options, describe_file, process_file
+from tests import rasters
+
+pytestmark = pytest.mark.timeout(60)
+NATIVE = Options(coordinate_system="native")
+
+
+def refused(src, tmp_path, options=NATIVE):
+    """Run both entry points; return the error process_file raised (describe_file must agree)."""
+    with pytest.raises((InvalidInput, TooLarge, Unsupported)) as err:
+        process_file(src, tmp_path / "out", options)
+    with pytest.raises(type(err.value)):
+        describe_file(src, options)
+    code, message, permanent = describe(err.value)
+    assert permanent and code in ("invalid_input", "too_large", "unsupported")
+    out = tmp_path / "out"
+    assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".")]
+    return err.value
+
+
+def test_empty_file(tmp_path):
+    src = tmp_path / "empty.tif"
+    src.write_bytes(b"")
+    err = refused(src, tmp_path)
+    assert err.code == "invalid_input" and "empty" in err.message
+
+
+def test_missing_file(tmp_path):
+    err = refused(tmp_path / "nope.tif", tmp_path)
+    assert "does not exist" in err.message
+
+
+def test_text_named_tif(tmp_path):
+    src = tmp_path / "notes.tif"
+    src.write_text("This is not an image, it is a note.\n")
+    err = refused(src, tmp_path)
+    assert err.code == "invalid_input" and "text file, not a TIFF" in err.message and "This is not" in err.message
+
+
+def test_png_named_tif(tmp_path):
+    src = tmp_path / "photo.tif"
+    Image.new("RGB", (10, 10), (1, 2, 3)).save(src, format="PNG")
+    err = refused(src, tmp_path)
+    assert err.message == "the file is a PNG image, not a TIFF"
+
+
+def test_jpeg_named_tif(tmp_path):
+    src = tmp_path / "photo.tif"
+    Image.new("RGB", (10, 10), (1, 2, 3)).save(src, format="JPEG")
+    assert refused(src, tmp_path).message == "the file is a JPEG image, not a TIFF"
+
+
+def test_random_bytes(tmp_path):
+    src = tmp_path / "noise.tif"
+    src.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    err = refused(src, tmp_path)
+    assert "not a TIFF" in err.message
+
+
+def test_truncated_mid_strip(tmp_path):
+    src = rasters.write(tmp_path / "in.tif", rasters.gradient_rgb(400, 300), photometric="RGB",
+                        compress="deflate", blockysize=10)
+    blocks = rasters.strip_offsets(src)
+    offset, size = blocks[12]
+    with open(src, "r+b") as fh:
+        fh.truncate(offset + size // 2)
+    err = refused(src, tmp_path)
+    assert err.code == "invalid_input"
+    assert err.message.startswith(f"TIFF is truncated: strip 13 of {len(blocks)} ends at byte")
+
+
+def test_truncated_uncompressed(tmp_path):
+    src = rasters.write(tmp_path / "in.tif", rasters.gradient_rgb(400, 300), photometric="RGB")
+    data = src.read_bytes()
+    src.write_bytes(data[: len(data) // 2])
+    err = refused(src, tmp_path)
+    assert "truncated" in err.message
+
+
+def test_truncated_header(tmp_path):
+    src = tmp_path / "in.tif"
+    src.write_bytes(b"II*\x00\x00\x10\x00\x00")
+    err = refused(src, tmp_path)
+    assert "truncated" in err.message or "no image" in err.message
+
+
+def test_corrupt_compressed_block(tmp_path):
+    src = rasters.write(tmp_path / "in.tif", rasters.gradient_rgb(256, 256), photometric="RGB",
+                        tiled=True, blockxsize=64, blockysize=64, compress="deflate")
+    offset, size = rasters.strip_offsets(src)[5]
+    with open(src, "r+b") as fh:
+        fh.seek(offset + 2)
+        fh.write(bytes([0xFF, 0x00, 0xAA, 0x55] * (size // 8)))
+    err = refused(src, tmp_path)
+    assert err.code == "invalid_input" and "cannot be decoded" in err.message
+
+
+def test_zero_dimensions(tmp_path):
+    src = tmp_path / "zero.tif"
+    src.write_bytes(rasters.minimal_tiff(0, 10))
+    err = refused(src, tmp_path)
+    assert err.message.startswith("the TIFF declares zero dimensions (0 x 10 pixels)")
+
+
+def test_tiny_file_declaring_a_million_by_a_million(tmp_path):
+    src = tmp_path / "bomb.tif"
+    src.write_bytes(rasters.minimal_tiff(1_000_000, 1_000_000, compression=8, strip_bytes=64))
+    assert src.stat().st_size < 300
+    err = refused(src, tmp_path)
+    assert err.code == "invalid_input"
+    assert "1,000,000 x 1,000,000 pixels" in err.message and "corrupt" in err.message
+    src.write_bytes(rasters.minimal_tiff(1_000_000, 1_000_000, compression=1, strip_bytes=64))
+    assert "TIFF is truncated" in refused(src, tmp_path).message
+
+
+def test_absurd_pixel_count_is_too_large(tmp_path):
+    src = tmp_path / "huge.tif"
+    src.write_bytes(rasters.minimal_tiff(4_000_000, 4_000_000, compression=8, strip_bytes=64))
+    with open(src, "r+b") as fh:
+        fh.truncate(4 << 30)  # sparse: a plausible size on paper, nothing on disk
+    err = refused(src, tmp_path, Options(max_file_size=1 << 40))
+    assert err.code == "too_large" and "gigapixels" in err.message
+
+
+def test_file_above_max_file_size(tmp_path):
+    src = rasters.write(tmp_path / "in.tif", rasters.gradient_rgb(100, 100))
+    err = refused(src, tmp_path, Options(max_file_size=10_000))
+    assert err.code == "too_large" and "larger than the 10.0 KB" in err.message
+
+
+def test_complex_dtype_is_unsupported(tmp_path):
+    data = (np.ones((20, 20)) + 1j * np.ones((20, 20))).astype(np.complex64)
+    src = rasters.write(tmp_path / "in.tif", data)
+    err = refused(src, tmp_path)
+    assert err.code == "unsupported" and "complex" in err.message
+    # the header check alone says the same when GDAL is never reached
+    src.write_bytes(rasters.minimal_tiff(4, 4, sample_format=6, bits=64, strip_bytes=128))
+    assert refused(src, tmp_path).code == "unsupported"
+
+
+def test_validate_headers_off_still_refuses_impostors(tmp_path):
+    src = tmp_path / "photo.tif"
+    Image.new("RGB", (10, 10)).save(src, format="PNG")
+    err = refused(src, tmp_path, Options(validate_headers=False))
+    assert err.code == "invalid_input" and "not a readable GeoTIFF" in err.message
+
+
+def test_multipage_processes_first_page_and_says_so(tmp_path):
+    src = rasters.multipage(tmp_path / "pages.tif")
+    result = process_file(src, tmp_path / "out", NATIVE)
+    assert any("2 images (pages); only the first" in w for w in result["warnings"])
+    meta = json.loads((tmp_path / "out" / "pages.json").read_text())
+    assert meta["file"]["pages"] == 2 and any("pages" in w for w in meta["warnings"])
+    with Image.open(tmp_path / "out" / "pages.png") as img:
+        assert img.size == (60, 40)
+        assert np.array_equal(np.asarray(img), np.moveaxis(rasters.gradient_rgb(40, 60), 0, -1))
