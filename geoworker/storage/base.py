@@ -1,0 +1,168 @@
+"""What every backend shares: reading a job's input reference and fetching it.
+
+A backend decides where outputs go (`store_outputs`); inputs are fetched by what the
+reference says, so a job on the local backend can still take an https:// input.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+from urllib.parse import urlsplit
+
+from geoworker.errors import InvalidInput, PermanentStorageError
+from geoworker.storage.checks import check_content_type
+from geoworker.storage.names import safe_filename
+from geoworker.storage.stream import file_chunks, too_large, write_capped
+from geoworker.storage.urls import TransferPolicy, UrlPolicy, UrlTransfer
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    """An input copied into a job's work directory."""
+
+    path: Path
+    size: int
+    sha256: str
+    content_type: str | None
+    source: str  # where it came from, without secrets: a path, s3://bucket/key, or a URL without its query
+
+
+class UnsupportedOperation(PermanentStorageError):
+    """This backend cannot do that."""
+
+
+def input_reference(job) -> dict[str, Any]:
+    """The job's input as a dict: {"url": ...} or {"path": ...} (a bare string is read as either)."""
+    ref = getattr(job, "input", None)
+    if isinstance(ref, str) and ref:
+        return {"url": ref} if "://" in ref else {"path": ref}
+    if isinstance(ref, Mapping) and (ref.get("url") or ref.get("path")):
+        return dict(ref)
+    raise InvalidInput("the job has no input (expected input.url or input.path)")
+
+
+class Backend:
+    """Base of the local, s3 and http backends."""
+
+    name = "base"
+
+    def __init__(self, settings, *, transfer: TransferPolicy | None = None,
+                 unsafe_allow_endpoints: Iterable[tuple[str, int]] = ()):
+        self.settings = settings
+        self.storage = settings.storage
+        self.policy = UrlPolicy.from_settings(settings, unsafe_allow_endpoints)
+        self.transfer = transfer or TransferPolicy()
+        self._urls: UrlTransfer | None = None
+
+    @property
+    def urls(self) -> UrlTransfer:
+        if self._urls is None:
+            self._urls = UrlTransfer(self.policy, self.transfer)
+        return self._urls
+
+    def close(self) -> None:
+        if self._urls is not None:
+            self._urls.close()
+            self._urls = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- inputs ----------------------------------------------------------------------
+
+    def fetch(self, job, dest_dir: Path) -> FetchedFile:
+        """Copy the job's input into dest_dir (created 0700), capped at max_file_size, hashing it on the way."""
+        ref = input_reference(job)
+        dest_dir = Path(dest_dir)
+        dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if ref.get("url"):
+            url = str(ref["url"])
+            scheme = urlsplit(url).scheme.lower()
+            if scheme == "s3":
+                return self._fetch_s3(ref, dest_dir)
+            if scheme in ("http", "https"):
+                return self._fetch_url(ref, dest_dir)
+            raise InvalidInput(f"input URLs must be https:// (or s3:// on the s3 backend), not {scheme}://")
+        return self._fetch_local(ref, dest_dir)
+
+    def fetch_input(self, job, dest_dir: Path) -> Path:
+        """The contract's short form of fetch(): only the local path."""
+        return self.fetch(job, dest_dir).path
+
+    def _fetch_url(self, ref: Mapping[str, Any], dest_dir: Path) -> FetchedFile:
+        got = self.urls.download(str(ref["url"]), dest_dir, self.storage.max_file_size, name=ref.get("name"),
+                                 check_type=self.storage.validate_headers)
+        return FetchedFile(got.path, got.size, got.sha256, got.content_type, got.url)
+
+    def _fetch_s3(self, ref: Mapping[str, Any], dest_dir: Path) -> FetchedFile:
+        raise InvalidInput("s3:// inputs need storage.backend = \"s3\" on this worker")
+
+    def _fetch_local(self, ref: Mapping[str, Any], dest_dir: Path) -> FetchedFile:
+        """A file under storage.root (what `geoworker submit FILE` and the API's uploads store)."""
+        path = local_input_path(self.storage.root, ref.get("path"))
+        declared = ref.get("content_type")
+        if self.storage.validate_headers:
+            check_content_type(declared)
+        try:
+            fh = open(path, "rb")
+        except FileNotFoundError:
+            raise InvalidInput(f"the input file {path.name} does not exist (any more)") from None
+        except IsADirectoryError:
+            raise InvalidInput(f"the input {path.name} is a directory, not a file") from None
+        except PermissionError:
+            raise PermanentStorageError(f"the input file {path.name} is not readable by the worker") from None
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > self.storage.max_file_size:
+                raise too_large(self.storage.max_file_size, size)
+            dest = dest_dir / safe_filename(ref.get("name") or path.name)
+            size, digest = write_capped(file_chunks(fh), dest, self.storage.max_file_size)
+        return FetchedFile(dest, size, digest, declared, str(path))
+
+    # --- outputs ---------------------------------------------------------------------
+
+    def store_outputs(self, job, files: Mapping[str, Path]) -> dict[str, str]:
+        """Store each output file; returns {kind: reference}."""
+        raise NotImplementedError
+
+    def presign(self, reference: str) -> str | None:
+        """A time-limited download URL for an output reference, where the backend can make one."""
+        return None
+
+    def import_file(self, job_id: str, path: str | os.PathLike) -> dict[str, Any]:
+        """Copy a local file in as a job's input (`geoworker submit FILE`); returns the input reference."""
+        raise UnsupportedOperation(f"storage.backend = {self.name!r} cannot take a local file as input; "
+                                   "its inputs come from the platform's signed URLs")
+
+
+def local_input_path(root: str | os.PathLike, raw: Any) -> Path:
+    """The real path of a local input reference, refused unless it lies under the storage root.
+
+    Relative paths are relative to the root; symlinks are resolved before the check.
+    """
+    if not isinstance(raw, str) or not raw or "\x00" in raw:
+        raise InvalidInput("the job's input path is missing or malformed")
+    base = Path(root).resolve()
+    path = Path(raw)
+    real = (path if path.is_absolute() else base / path).resolve()
+    if not real.is_relative_to(base):
+        raise InvalidInput(f"the input {safe_filename(path.name)} is outside the storage root; "
+                           "submit it with `geoworker submit FILE`, which copies it in")
+    return real
+
+
+def output_names(files: Mapping[str, Path]) -> dict[str, str]:
+    """A safe, distinct file name for each output kind."""
+    names: dict[str, str] = {}
+    for kind, path in files.items():
+        name = safe_filename(Path(path).name, default=f"{safe_filename(kind, 'output')}.bin")
+        if name in names.values():
+            name = f"{safe_filename(kind, 'output')}_{name}"
+        names[kind] = name
+    return names

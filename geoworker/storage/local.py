@@ -1,0 +1,92 @@
+"""The local backend: a directory tree `<root>/jobs/<job id>/{input,output}/`.
+
+Every file lands under its final name by rename from a temporary name in the same
+directory (after an fsync), so a killed attempt never leaves a half-written file where
+a reader would take it for a finished one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from loguru import logger
+
+from geoworker.errors import InvalidInput
+from geoworker.storage.base import Backend, output_names
+from geoworker.storage.names import checked_job_id, safe_filename
+from geoworker.storage.stream import file_chunks, too_large, write_capped
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    @property
+    def root(self) -> Path:
+        return Path(self.storage.root)
+
+    def job_dir(self, job_id: str, part: str) -> Path:
+        """<root>/jobs/<job id>/<part>, created if missing."""
+        path = self.root / "jobs" / checked_job_id(job_id) / part
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def receive_input(self, job_id: str, name: str, chunks: Iterable[bytes], *, max_size: int | None = None,
+                      content_type: str | None = None) -> dict[str, Any]:
+        """Store a stream as the job's input (for `submit` and the API's signed uploads).
+
+        Args:
+            job_id: the job it belongs to.
+            name: the user's file name (sanitised here).
+            chunks: the bytes; stopped with TooLarge past max_size (default max_file_size).
+            content_type: the declared type, kept in the reference and checked at fetch.
+        Returns:
+            the input reference {"backend": "local", "path", "name", "size", "sha256"[, "content_type"]}.
+        """
+        limit = min(max_size or sys.maxsize, self.storage.max_file_size)
+        safe = safe_filename(name)
+        dest = self.job_dir(job_id, "input") / safe
+        size, digest = write_capped(chunks, dest, limit, durable=True)
+        ref = {"backend": "local", "path": str(dest.resolve()), "name": safe, "size": size, "sha256": digest}
+        if content_type:
+            ref["content_type"] = content_type
+        logger.info("stored input {} ({} bytes) for job {}", safe, size, job_id)
+        return ref
+
+    def import_file(self, job_id: str, path: str | os.PathLike) -> dict[str, Any]:
+        path = Path(path)
+        try:
+            fh = open(path, "rb")
+        except OSError as exc:
+            raise InvalidInput(f"{path.name}: cannot read: {exc.strerror}") from None
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > self.storage.max_file_size:
+                raise too_large(self.storage.max_file_size, size)
+            return self.receive_input(job_id, path.name, file_chunks(fh))
+
+    def store_outputs(self, job, files: Mapping[str, Path]) -> dict[str, str]:
+        out_dir = self.job_dir(job.id, "output")
+        stored: dict[str, str] = {}
+        for kind, name in output_names(files).items():
+            with open(files[kind], "rb") as fh:
+                write_capped(file_chunks(fh), out_dir / name, sys.maxsize, durable=True)
+            stored[kind] = str((out_dir / name).resolve())
+        _fsync_dir(out_dir)
+        return stored
+
+
+def _fsync_dir(path: Path) -> None:
+    # the renames are durable only once the directory itself is on disk
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
