@@ -115,6 +115,7 @@ def cmd_migrate(args) -> int:
 
 def cmd_submit(args) -> int:
     from geoworker import tasks
+    from geoworker.jobs import Status
 
     settings = load(args)
     params = parse_params(args.param or [])
@@ -124,10 +125,15 @@ def cmd_submit(args) -> int:
     source = args.source
     if task.needs_input and not source:
         raise UsageError(f"task {task.name} needs an input: geoworker submit FILE|URL --task {task.name}")
+    input_ref = _input_reference(source, settings) if source else None
     queue = open_queue(settings)
-    input_ref = _input_reference(source, settings, queue) if source else None
-    job = queue.enqueue(task.name, params, input=input_ref, priority=args.priority,
-                        max_attempts=args.max_attempts or settings.retry.max_attempts)
+    if isinstance(input_ref, Path):  # a local file: the job exists first, so that its input has a home
+        job = queue.enqueue(task.name, params, priority=args.priority, status=Status.PENDING,
+                            max_attempts=args.max_attempts or settings.retry.max_attempts)
+        job = _copy_input_in(job, input_ref, settings, queue)
+    else:
+        job = queue.enqueue(task.name, params, input=input_ref, priority=args.priority,
+                            max_attempts=args.max_attempts or settings.retry.max_attempts)
     if args.json:
         _out(job.to_dict())
     else:
@@ -135,10 +141,14 @@ def cmd_submit(args) -> int:
     return 0
 
 
-def _input_reference(source: str, settings, queue) -> dict[str, Any]:
-    """Where the job finds its input: a URL as given, a local file by absolute path."""
+def _input_reference(source: str, settings) -> dict[str, Any] | Path:
+    """Check an input on the command line: a URL becomes its reference, a file its checked path.
+
+    URLs are checked against the storage rules now (scheme, allowed hosts, bucket), so that a
+    typo is a one-line error here rather than a failed job; addresses are checked by the worker.
+    """
     if "://" in source:
-        return {"url": source}
+        return _url_reference(source, settings)
     path = Path(source)
     if not path.exists():
         raise UsageError(f"{source}: no such file")
@@ -146,7 +156,50 @@ def _input_reference(source: str, settings, queue) -> dict[str, Any]:
         raise UsageError(f"{source}: not a regular file")
     if not os.access(path, os.R_OK):
         raise UsageError(f"{source}: not readable")
-    return {"path": str(path.resolve()), "name": path.name, "size": path.stat().st_size}
+    size, limit = path.stat().st_size, settings.storage.max_file_size
+    if size > limit:
+        raise UsageError(f"{source}: {size} bytes is more than storage.max_file_size ({limit} bytes)")
+    if settings.storage.backend == "http":
+        raise UsageError("storage.backend = \"http\" takes its inputs from the platform's signed URLs, "
+                         "not from local files")
+    return path.resolve()
+
+
+def _url_reference(source: str, settings) -> dict[str, Any]:
+    from urllib.parse import urlsplit
+
+    from geoworker.storage import UrlPolicy, UrlRefused
+
+    if urlsplit(source).scheme.lower() == "s3":
+        from geoworker.storage.s3 import parse_s3_url
+
+        bucket, _key = parse_s3_url(source)
+        if settings.storage.backend != "s3":
+            raise UsageError("s3:// inputs need storage.backend = \"s3\"")
+        if bucket != settings.storage.bucket:
+            raise UsageError(f"s3 inputs must be in the configured bucket {settings.storage.bucket!r}, not {bucket!r}")
+        return {"url": source}
+    try:
+        UrlPolicy.from_settings(settings).check_url(source)
+    except UrlRefused as exc:
+        raise UsageError(str(exc)) from None
+    return {"url": source}
+
+
+def _copy_input_in(job, path: Path, settings, queue):
+    """Store the file as the pending job's input, then queue the job; cancel the job if storing fails."""
+    from geoworker.storage import open_backend
+
+    try:
+        with open_backend(settings) as backend:
+            ref = backend.import_file(job.id, path)
+    except BaseException as exc:
+        reason = str(exc) if isinstance(exc, GeoworkerError) else f"{type(exc).__name__}: {exc}"
+        queue.cancel(job.id, reason=f"the input could not be stored: {reason}")
+        if isinstance(exc, OSError):
+            raise GeoworkerError(f"{path.name}: cannot store the input: {exc.strerror or exc}") from None
+        raise
+    return queue.queue_pending(job.id, ref, data={"name": ref.get("name"), "size": ref.get("size")})
 
 
 def cmd_status(args) -> int:

@@ -1,11 +1,18 @@
-"""The raster tasks: geotiff_to_png and geotiff_info, wired to the pipeline and storage."""
+"""The raster tasks: geotiff_to_png and geotiff_info, wired to the pipeline and storage.
+
+Each job fetches its input into its private work directory (ctx.workdir/input), checks it
+before anything decodes it (size, declared type, TIFF signature, malware scan), runs the
+pipeline into ctx.workdir/out and hands the outputs to the storage backend. The result
+carries the sha256 of the input and of every output. The work directory itself is the
+caller's to create and remove (geoworker.storage.workdir).
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
-from geoworker.errors import InvalidInput
 from geoworker.tasks import TaskContext, TaskResult, task
 
 
@@ -32,14 +39,36 @@ def options_for(settings, params: Mapping[str, Any]):
     return Options.from_mapping(processing_defaults(settings), params)
 
 
-def _local_input(ctx: TaskContext) -> Path:
-    ref = ctx.job.input or {}
-    path = ref.get("path") if isinstance(ref, dict) else None
-    if not path:
-        raise InvalidInput("the job has no input file")
-    if not Path(path).is_file():
-        raise InvalidInput(f"the input file {Path(path).name} does not exist (any more)")
-    return Path(path)
+@contextmanager
+def _backend(ctx: TaskContext) -> Iterator[Any]:
+    """The context's storage backend, or one opened (and closed) for this job."""
+    if ctx.storage is not None:
+        yield ctx.storage
+        return
+    from geoworker.storage import open_backend
+
+    with open_backend(ctx.settings) as backend:
+        yield backend
+
+
+def _fetch_checked(ctx: TaskContext, backend):
+    """Bring the input into the job's work directory and check it before anything decodes it."""
+    from geoworker.storage import check_input
+
+    ctx.progress(1, "fetching the input")
+    fetched = backend.fetch(ctx.job, Path(ctx.workdir) / "input")
+    ctx.progress(4, "checking the input")
+    check_input(fetched.path, ctx.settings.storage, fetched.content_type)
+    return fetched
+
+
+def _input_doc(fetched) -> dict[str, Any]:
+    return {"name": fetched.path.name, "size": fetched.size, "sha256": fetched.sha256, "source": fetched.source}
+
+
+def _wants_download_urls(params: Mapping[str, Any]) -> bool:
+    value = params.get("presign_urls", params.get("presignUrls", False))
+    return value in (True, 1, "true", "1", "yes")
 
 
 def _progress_scale(ctx: TaskContext, low: int, high: int):
@@ -55,14 +84,29 @@ def _progress_scale(ctx: TaskContext, low: int, high: int):
 def geotiff_to_png(ctx: TaskContext) -> TaskResult:
     """Turn a GeoTIFF into a georeferenced PNG, thumbnail, world file, .prj and metadata JSON."""
     from geoworker.processing import process_file
+    from geoworker.storage.stream import sha256_file
 
     options = options_for(ctx.settings, ctx.params)
-    src = _local_input(ctx)
-    out_dir = Path(ctx.settings.storage.root) / "jobs" / ctx.job.id / "output"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = process_file(src, out_dir, options, progress=_progress_scale(ctx, 5, 95))
-    outputs = {kind: str(out_dir / name) for kind, name in result["outputs"].items() if name}
-    return TaskResult(outputs=outputs, result={k: v for k, v in result.items() if k != "outputs"})
+    with _backend(ctx) as backend:
+        fetched = _fetch_checked(ctx, backend)
+        out_dir = Path(ctx.workdir) / "out"
+        result = process_file(fetched.path, out_dir, options, progress=_progress_scale(ctx, 5, 90))
+        files = {kind: out_dir / name for kind, name in result["outputs"].items() if name}
+        ctx.progress(92, "storing the outputs")
+        checksums = {kind: sha256_file(path) for kind, path in files.items()}
+        outputs = backend.store_outputs(ctx.job, files)
+        summary = {k: v for k, v in result.items() if k != "outputs"}
+        summary["input"] = _input_doc(fetched)
+        summary["sha256"] = {"input": fetched.sha256, "outputs": checksums}
+        if missing := sorted(set(files) - set(outputs)):
+            summary["not_uploaded"] = missing
+        if _wants_download_urls(ctx.params):
+            urls = {kind: backend.presign(ref) for kind, ref in outputs.items()}
+            if any(urls.values()):
+                summary["download_urls"] = urls
+                summary["download_urls_expire_in"] = ctx.settings.storage.presign_expiry
+        ctx.progress(99, "outputs stored")
+    return TaskResult(outputs=outputs, result=summary)
 
 
 @task("geotiff_info", needs_input=True)
@@ -71,5 +115,9 @@ def geotiff_info(ctx: TaskContext) -> TaskResult:
     from geoworker.processing import describe_file
 
     options = options_for(ctx.settings, ctx.params)
+    with _backend(ctx) as backend:
+        fetched = _fetch_checked(ctx, backend)
     ctx.progress(10, "reading metadata")
-    return TaskResult(result={"metadata": describe_file(_local_input(ctx), options)})
+    metadata = describe_file(fetched.path, options)
+    return TaskResult(result={"metadata": metadata, "input": _input_doc(fetched),
+                              "sha256": {"input": fetched.sha256, "outputs": {}}})
