@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -100,6 +103,21 @@ def test_remove_child_workdirs_removes_only_that_pids_directories(tmp_path):
     assert remove_child_workdirs(base, 4242) == 2
     assert sorted(p.name for p in base.iterdir()) == ["geojob_c_14242", "geojob_d_424", "other_4242"]
     assert remove_child_workdirs(tmp_path / "missing", 4242) == 0
+
+
+def test_the_workdir_of_a_sigkilled_process_is_found_by_its_pid(tmp_path):
+    base = tmp_path / "tmp"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from geoworker.storage.workdir import create_workdir; "
+        f"d = create_workdir({str(base)!r}, {JOB_ID!r}); (d / 'input.tif').write_bytes(b'x' * 4096); "
+        "print(d, flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    workdir = Path(child.stdout.readline().strip())
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+    child.stdout.close()
+    assert workdir.name == f"geojob_{JOB_ID}_{child.pid}" and (workdir / "input.tif").exists()
+    assert remove_child_workdirs(base, child.pid) == 1
+    assert list(base.iterdir()) == []
 
 
 def test_sweep_removes_only_old_workdirs(tmp_path):

@@ -106,6 +106,16 @@ class _Handler(BaseHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError):
                 pass
             return None
+        if path == "/lyinglength":  # declares a small body, then keeps sending
+            self.send_response(200)
+            self.send_header("Content-Length", query["declare"])
+            self.end_headers()
+            try:
+                for _ in range(int(query["chunks"])):
+                    self.wfile.write(b"II*\x00" + b"\x00" * 65532)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            return None
         if path == "/biglength":
             self.send_response(200)
             self.send_header("Content-Length", query["declare"])

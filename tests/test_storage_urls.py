@@ -132,7 +132,8 @@ def test_loopback_is_refused_after_resolution_without_the_test_exemption(setting
     server.put_file("x.tif", b"II*\x00data")
     with open_backend(settings, transfer=FAST) as b:  # no exemption: a worker as deployed
         assert isinstance(b.urls.session.get_adapter("https://x"), GuardedAdapter)
-        for url in (server.signed("GET", "x.tif"), f"http://localhost:{server.port}/files/x.tif"):
+        for url in (server.signed("GET", "x.tif"), f"http://localhost:{server.port}/files/x.tif",
+                    f"https://localhost:{server.port}/files/x.tif"):  # the TLS pool is guarded as well
             with pytest.raises(UrlRefused, match="loopback"):
                 fetch(b, url, tmp_path)
     assert server.hits == {}
@@ -164,6 +165,11 @@ def test_a_download_without_content_length_stops_at_the_cap(backend, server, tmp
     assert describe(info.value)[0::2] == ("too_large", True)
     assert leftovers(tmp_path) == []  # the partial file is gone
     assert server.hits["/nolength"] == 1  # too large is permanent: not retried
+
+
+def test_a_server_that_sends_more_than_it_declared_is_read_only_to_its_declaration(backend, server, tmp_path):
+    got = fetch(backend, server.url("/lyinglength?declare=1000&chunks=64"), tmp_path)
+    assert got.size == 1000 and got.path.stat().st_size == 1000
 
 
 def test_a_declared_length_over_the_cap_is_refused_before_the_body(backend, server, tmp_path):
