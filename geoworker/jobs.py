@@ -13,6 +13,7 @@ import enum
 import json
 import random
 import select
+import threading
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -122,6 +123,9 @@ class JobQueue:
         self.sslmode = sslmode
         self._conn = None
         self._queries = db.load_queries()
+        self._channels: list[str] = []
+        # a child's heartbeat thread shares this connection with its main thread
+        self._lock = threading.RLock()
 
     @classmethod
     def from_settings(cls, settings, worker_id: str = "cli", application_name: str = "geoworker") -> "JobQueue":
@@ -133,10 +137,20 @@ class JobQueue:
 
     @property
     def conn(self):
-        if self._conn is None or self._conn.closed:
-            self._conn = db.connect(self.dsn, application_name=self.application_name,
-                                    connect_timeout=self.connect_timeout, sslmode=self.sslmode)
-        return self._conn
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                conn = db.connect(self.dsn, application_name=self.application_name,
+                                  connect_timeout=self.connect_timeout, sslmode=self.sslmode)
+                if self._channels:  # a new session must subscribe again
+                    with db.wrap_errors("listen"), conn.cursor() as cur:
+                        for channel in self._channels:
+                            cur.execute(f"LISTEN {channel}")
+                self._conn = conn
+            return self._conn
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
 
     def close(self) -> None:
         if self._conn is not None and not self._conn.closed:
@@ -146,7 +160,7 @@ class JobQueue:
     def _run(self, name: str, params: Mapping[str, Any] | None = None, cursor=None) -> list[dict]:
         """Run a named query; a lost connection is dropped (reopened next time) and reported."""
         try:
-            with db.wrap_errors(f"query {name}"):
+            with self._lock, db.wrap_errors(f"query {name}"):
                 if cursor is not None:
                     cursor.execute(self._queries[name], params or {})
                     return list(cursor.fetchall()) if cursor.description else []
@@ -234,6 +248,14 @@ class JobQueue:
             "delay": round(self.retry.delay(attempts), 3), "reason": reason}, cursor=cursor)
         if not rows:
             self._refuse(job_id, "fail", holder=holder, cursor=cursor)
+        return Job.from_row(rows[0])
+
+    def release(self, job_id: str, holder: str, message: str) -> Job:
+        """Give `holder`'s running job back to the queue without counting the attempt."""
+        rows = self._run("release_job", {"id": job_id, "worker": holder, "actor": self.worker_id,
+                                         "message": message})
+        if not rows:
+            self._refuse(job_id, "release", holder=holder)
         return Job.from_row(rows[0])
 
     def _refuse(self, job_id: str, operation: str, holder: str | None = None, cursor=None):
@@ -348,22 +370,43 @@ class JobQueue:
     # --- waking -------------------------------------------------------------------------
 
     def listen(self, *channels: str) -> None:
-        """Subscribe this connection to NOTIFY channels (default: new claimable jobs)."""
-        with db.wrap_errors("listen"), self.conn.cursor() as cur:
-            for channel in channels or (db.LISTEN_CHANNEL,):
+        """Subscribe this connection to NOTIFY channels (default: new claimable jobs), again after reconnects."""
+        new = [c for c in (channels or (db.LISTEN_CHANNEL,)) if c not in self._channels]
+        with self._lock, db.wrap_errors("listen"), self.conn.cursor() as cur:
+            for channel in new:
                 cur.execute(f"LISTEN {channel}")
+        self._channels.extend(new)
+
+    def fileno(self) -> int:
+        """The connection's socket, for select() in a loop that waits on more than the database."""
+        return self.conn.fileno()
+
+    def notifications(self) -> list[tuple[str, str]]:
+        """Read what has arrived, without blocking; returns (channel, payload) pairs."""
+        with self._lock:
+            conn = self.conn
+            try:
+                with db.wrap_errors("notifications"):
+                    conn.poll()
+            except Exception:
+                if conn.closed:
+                    self._conn = None
+                raise
+            got = [(n.channel, n.payload) for n in conn.notifies]
+            conn.notifies.clear()
+        return got
 
     def wait(self, timeout: float) -> list[tuple[str, str]]:
         """Block until a notification arrives or timeout passes; returns (channel, payload) pairs."""
         conn = self.conn
-        with db.wrap_errors("wait"):
-            if not conn.notifies:
+        if not conn.notifies:
+            try:
                 readable, _, _ = select.select([conn], [], [], max(0.0, timeout))
-                if readable:
-                    conn.poll()
-            got = [(n.channel, n.payload) for n in conn.notifies]
-            conn.notifies.clear()
-        return got
+            except (OSError, ValueError):  # the socket went away under us
+                readable = [conn]
+            if not readable:
+                return []
+        return self.notifications()
 
 
 def _num(value: Any) -> float | None:

@@ -126,6 +126,22 @@ WITH job AS (
 )
 SELECT job.* FROM job LEFT JOIN wake ON true;
 
+-- name: release_job
+-- Give a running job back to the queue at once without counting the attempt (graceful shutdown).
+WITH job AS (
+    UPDATE geo_jobs
+    SET status = 'queued', attempts = greatest(attempts - 1, 0), run_at = now(), locked_by = NULL,
+        progress = 0, progress_message = 'released', updated_at = now()
+    WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
+    RETURNING *
+), event AS (
+    INSERT INTO geo_job_events (job_id, kind, message, worker, data)
+    SELECT id, 'released', %(message)s, %(actor)s, jsonb_build_object('worker', %(worker)s::text) FROM job
+), wake AS (
+    SELECT pg_notify('geoworker_jobs', task_type) FROM job
+)
+SELECT job.* FROM job LEFT JOIN wake ON true;
+
 -- name: find_stale_jobs
 -- Running jobs whose heartbeat is older than stale_after and whose worker is not alive; locks them.
 SELECT j.id, j.attempts, j.max_attempts, j.locked_by, j.heartbeat_at
