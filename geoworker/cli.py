@@ -273,6 +273,15 @@ def cmd_retry(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from geoworker.supervisor import run_service
+
+    settings = load(args)
+    if args.concurrency is not None and args.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    return run_service(settings, concurrency=args.concurrency, drain=args.drain)
+
+
 def cmd_config(args) -> int:
     if args.check:
         try:
@@ -350,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("migrate", cmd_migrate, "apply schema migrations (idempotent)")
 
-    p = add("run", not_built("run", "the supervisor issue"), "run the supervisor and its pool of children")
+    p = add("run", cmd_run, "run the supervisor and its pool of children")
     p.add_argument("--concurrency", type=int, help="number of child processes (default: worker.concurrency)")
     p.add_argument("--drain", action="store_true", help="exit 0 when no queued or running job is left")
 

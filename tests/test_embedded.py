@@ -16,7 +16,13 @@ def _postmaster_pid(data_dir: Path) -> int:
     return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
 
 
-def test_embedded_database_starts_once_and_is_reused(tmp_path):
+def test_embedded_database_starts_once_and_is_reused():
+    import shutil
+    import tempfile
+
+    # not pytest's tmp_path (mode 0700): under root the server runs as its own system user
+    tmp_path = Path(tempfile.mkdtemp(prefix="geoworker-embedded-"))
+    tmp_path.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "GEOWORKER_")) and k != "DATABASE_URL"}
     env["GEOWORKER_WORKER_DEBUG_TASKS"] = "true"
     first = run_cli(["migrate"], env, cwd=tmp_path)
@@ -35,3 +41,4 @@ def test_embedded_database_starts_once_and_is_reused(tmp_path):
         deadline = time.monotonic() + 20
         while psutil.pid_exists(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
+        shutil.rmtree(tmp_path, ignore_errors=True)

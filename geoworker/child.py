@@ -1,0 +1,333 @@
+"""One worker process: connect after fork, claim, heartbeat, run, finish, repeat.
+
+The child talks to its supervisor over two pipes: `ctl` (one JSON message per line:
+ready, busy, idle, ping, lost, boot_error) and its fd 2, where its log records and any
+C library's stderr go (see logs.py). It owns nothing the supervisor opened: its own
+database connection is made here, after fork.
+
+Signals, as the supervisor uses them:
+  SIGUSR1  finish the current job, then exit (graceful stop, reload, recycle)
+  SIGTERM  stop now: the job's outcome was already written by the supervisor
+  SIGINT   ignored: Ctrl-C reaches the whole process group; the supervisor decides
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from loguru import logger
+
+from geoworker import db, logs, tasks
+from geoworker.errors import DatabaseUnavailable, GeoworkerError, LockLost, describe
+from geoworker.jobs import Job, JobQueue, RetryPolicy
+
+CHILD_OK = 0
+CHILD_CRASHED = 1
+CHILD_BOOT_ERROR = 3
+CHILD_ABORTED = 4
+GRACEFUL_SIGNAL = signal.SIGUSR1
+PR_SET_PDEATHSIG = 1
+PING_INTERVAL = 1.0
+
+
+class Shutdown(BaseException):
+    """The supervisor asked this child to stop now.
+
+    A BaseException, so that `except Exception` in task code cannot swallow it.
+    """
+
+
+class Child:
+    """The state of one child. Built in the supervisor before fork; touches nothing process-wide there."""
+
+    def __init__(self, settings, dsn: str, worker_id_prefix: str, parent_pid: int, parent_id: str,
+                 ctl_fd: int, log_fd: int, close_fds: list[int]):
+        self.settings = settings
+        self.dsn = dsn
+        self.prefix = worker_id_prefix
+        self.parent_pid = parent_pid
+        self.parent_id = parent_id
+        self.ctl_fd = ctl_fd
+        self.log_fd = log_fd
+        self.close_fds = close_fds
+        self.worker_id = ""
+        self.queue: JobQueue | None = None
+        self.stopping = False
+        self.jobs_done = 0
+        self.current: Job | None = None
+        self._ctl_lock = threading.Lock()
+        self._pinger: threading.Thread | None = None
+        self._storage = None
+        self._heartbeat_due = 0.0
+
+    # --- life --------------------------------------------------------------------------
+
+    def run(self) -> NoReturn:
+        """The child's whole life, after fork. Never returns."""
+        code = CHILD_CRASHED
+        try:
+            self.init_process()
+            code = self.boot()
+            if code == CHILD_OK:
+                self.loop()
+                code = CHILD_OK
+        except Shutdown:
+            code = CHILD_ABORTED
+        except BaseException:
+            logger.exception("child crashed")
+            code = CHILD_CRASHED
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except Exception:
+                pass
+            # os._exit: never run the parent's atexit handlers or close its inherited connections
+            os._exit(code)
+
+    def init_process(self) -> None:
+        """Everything process-wide, done here and not before fork."""
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        for sig in (signal.SIGCHLD, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(GRACEFUL_SIGNAL, self._on_graceful)
+        _die_with_parent()
+        if os.getppid() != self.parent_pid:  # the parent died between fork and prctl
+            os._exit(CHILD_BOOT_ERROR)
+        for fd in self.close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        os.umask(0o077)  # work files are private
+        # everything written to fd 1 or 2 (by us or by GDAL) goes to the supervisor's log
+        os.dup2(self.log_fd, 2)
+        os.dup2(self.log_fd, 1)
+        self.worker_id = f"{self.prefix}{os.getpid()}"
+        logs.setup_child_logging(2, self.settings.logging.level)
+        self._pinger = threading.Thread(target=self._ping_loop, name="ping", daemon=True)
+        self._pinger.start()
+
+    def boot(self) -> int:
+        """Connect and subscribe; a child that cannot must not make the supervisor fork-loop."""
+        s = self.settings
+        self.queue = JobQueue(self.dsn, worker_id=self.worker_id, retry=RetryPolicy.from_settings(s),
+                              application_name=f"geoworker-child-{os.getpid()}",
+                              connect_timeout=s.database.connect_timeout, sslmode=s.database.sslmode)
+        try:
+            self.queue.ping()
+            if s.database.listen:
+                self.queue.listen()
+        except DatabaseUnavailable as exc:
+            self.send("boot_error", error=str(exc))
+            logger.error(f"child cannot start: {exc}")
+            return CHILD_BOOT_ERROR
+        self.send("ready", worker=self.worker_id)
+        logger.debug(f"child {self.worker_id} ready")
+        return CHILD_OK
+
+    def loop(self) -> None:
+        s = self.settings.worker
+        backoff = db.Backoff(first=0.5, cap=min(30.0, s.poll_interval * 4))
+        while not self.stopping and self.jobs_done < s.max_jobs_per_child:
+            self._check_parent()
+            try:
+                job = self.queue.claim()
+                backoff.reset()
+            except DatabaseUnavailable as exc:
+                delay = backoff.next_delay()
+                logger.warning(f"database unavailable, retrying in {delay:.1f} s: {exc}")
+                self._sleep(delay)
+                continue
+            if job is None:
+                self._idle_wait(s.poll_interval)
+                continue
+            self.run_job(job)
+        if self.jobs_done >= s.max_jobs_per_child:
+            logger.info(f"recycling after {self.jobs_done} jobs (worker.max_jobs_per_child)")
+
+    def _idle_wait(self, poll_interval: float) -> None:
+        """Wait for a NOTIFY (or the poll interval), in slices so a stop request is noticed within 1 s."""
+        deadline = time.monotonic() + poll_interval
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            self._check_parent()
+            if self.settings.database.listen:
+                try:
+                    if self.queue.wait(min(left, 1.0)):
+                        return
+                except DatabaseUnavailable:
+                    return  # the claim that follows reconnects, with its own backoff
+            else:
+                self._sleep(min(left, 1.0))
+
+    # --- one job -----------------------------------------------------------------------
+
+    def run_job(self, job: Job) -> None:
+        from geoworker.storage.workdir import create_workdir, remove_workdir
+
+        self.current = job
+        timeout = _timeout_param(job)
+        self.send("busy", job=job.id, task=job.task_type, attempt=job.attempts, max_attempts=job.max_attempts,
+                  timeout=timeout)
+        started = time.monotonic()
+        outcome, error_code, timings = "failed", None, None
+        workdir: Path | None = None
+        with logger.contextualize(job=job.id, attempt=job.attempts, task=job.task_type):
+            logger.info(f"job {job.id} started: {job.task_type} (attempt {job.attempts} of {job.max_attempts})")
+            self._heartbeat_due = time.monotonic() + self.settings.worker.heartbeat_interval
+            try:
+                workdir = create_workdir(self.settings.storage.temp_dir, job.id)
+                task = tasks.get(job.task_type, self.settings)
+                ctx = tasks.TaskContext(job=job, settings=self.settings, workdir=workdir, report=self._progress,
+                                        storage=self.storage() if task.needs_input else None)
+                result = task.handler(ctx)
+                if self._finish(lambda: self.queue.complete(job.id, result.outputs, result.result)):
+                    outcome = "succeeded"
+                    timings = (result.result or {}).get("timings") if isinstance(result.result, dict) else None
+                    logger.info(f"job {job.id} completed in {time.monotonic() - started:.3f} s")
+                else:
+                    outcome = "discarded"
+            except (Shutdown, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                error_code, message, permanent = describe(exc)
+                if not isinstance(exc, GeoworkerError):
+                    logger.opt(exception=exc).error(f"job {job.id} failed unexpectedly: {message}")
+                else:
+                    logger.warning(f"job {job.id} failed ({error_code}{', permanent' if permanent else ''}): {message}")
+                done = self._finish(lambda: self.queue.fail(job, error_code, message, permanent=permanent))
+                outcome = "failed" if done else "discarded"
+            finally:
+                self.current = None
+                if workdir is not None:
+                    remove_workdir(workdir)
+        self.jobs_done += 1
+        self.send("idle", job=job.id, task=job.task_type, outcome=outcome, error_code=error_code,
+                  duration=round(time.monotonic() - started, 6), timings=timings, jobs_done=self.jobs_done)
+
+    def storage(self):
+        """The storage backend, opened once per child (after fork: it holds HTTP sessions)."""
+        if self._storage is None:
+            from geoworker.storage import open_backend
+
+            self._storage = open_backend(self.settings)
+        return self._storage
+
+    def _finish(self, write) -> bool:
+        """Write the job's outcome, retrying while the database is away; False if the lock was lost."""
+        backoff = db.Backoff(first=0.5, cap=10.0)
+        while True:
+            try:
+                write()
+                return True
+            except LockLost as exc:
+                logger.warning(f"result discarded: {exc}")
+                return False
+            except DatabaseUnavailable as exc:
+                delay = backoff.next_delay()
+                logger.warning(f"cannot record the job's outcome yet, retrying in {delay:.1f} s: {exc}")
+                self._check_parent()
+                self._sleep(delay)
+
+    def _progress(self, percent: int, message: str) -> None:
+        job = self.current
+        if job is None:
+            return
+        try:
+            still_ours = self.queue.progress(job.id, percent, message)
+        except DatabaseUnavailable as exc:
+            logger.warning(f"progress not recorded: {exc}")
+            return
+        self._heartbeat_due = time.monotonic() + self.settings.worker.heartbeat_interval
+        if not still_ours:
+            self._lost(job)
+
+    # --- the background thread: liveness for the supervisor, heartbeats for the database --------
+
+    def _ping_loop(self) -> None:
+        """Ping the supervisor every second; heartbeat the running job every heartbeat_interval.
+
+        The heartbeat is a thread here rather than the supervisor's job, so that it proves
+        what the rest of the fleet needs to know: this very process is alive and scheduling.
+        A stopped or wedged child stops both, and is killed locally (silence) or rescued from
+        another host (stale heartbeat). It shares the child's one connection (under a lock).
+        """
+        while True:
+            time.sleep(PING_INTERVAL)
+            if os.getppid() != self.parent_pid:
+                os._exit(CHILD_ABORTED)
+            job = self.current
+            self.send("ping", job=job.id if job else None)
+            if job is not None and time.monotonic() >= self._heartbeat_due:
+                self._heartbeat_due = time.monotonic() + self.settings.worker.heartbeat_interval
+                try:
+                    if not self.queue.heartbeat(job.id) and self.current is job:
+                        self._lost(job)
+                except DatabaseUnavailable as exc:
+                    logger.warning(f"heartbeat failed: {exc}")
+                except Exception:
+                    logger.exception("heartbeat failed")
+
+    def _lost(self, job: Job) -> None:
+        """Someone else decided this job (cancelled, rescued): ask the supervisor to stop us."""
+        logger.warning(f"job {job.id} is no longer ours (cancelled or rescued); stopping it")
+        self.send("lost", job=job.id)
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def send(self, event: str, **data: Any) -> None:
+        line = (json.dumps({"event": event, **data}, default=str) + "\n").encode()
+        with self._ctl_lock:
+            try:
+                os.write(self.ctl_fd, line)
+            except BrokenPipeError:
+                os._exit(CHILD_ABORTED)  # the supervisor is gone
+
+    def _check_parent(self) -> None:
+        if os.getppid() != self.parent_pid:
+            raise Shutdown()
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.5))
+
+    def _on_term(self, signum, frame) -> None:
+        self.stopping = True
+        raise Shutdown()
+
+    def _on_graceful(self, signum, frame) -> None:
+        self.stopping = True
+
+
+def _timeout_param(job: Job) -> float | None:
+    value = (job.params or {}).get("timeout")
+    if isinstance(value, bool):
+        return None
+    try:
+        value = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return value if value and value > 0 else None
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL us when the supervisor dies (Linux); the getppid checks cover the rest."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
