@@ -95,15 +95,20 @@ def generate(data_dir: Path, which: list[str]) -> dict[str, Path]:
 
 
 def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
-    """Run cmd; return (wall seconds, peak RSS in MB of that process)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
-    return wall, usage.ru_maxrss / 1024.0
+    """Run cmd under /usr/bin/time; return (wall seconds, peak RSS in MB of the whole process).
+
+    Not wait4's rusage: Linux carries the forking parent's high-water RSS across exec
+    into the child's ru_maxrss, so a child of this (large) process would report ours.
+    `time` is a small parent, and its %M is the child's own peak.
+    """
+    with tempfile.NamedTemporaryFile("r") as rss_file:
+        t0 = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *cmd], env=env)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
+        peak_kb = float(rss_file.read().strip().splitlines()[-1])
+    return wall, peak_kb / 1024.0
 
 
 GEOWORKER = """
@@ -147,6 +152,8 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("gdal_translate"):
         raise SystemExit("gdal_translate not found: apt-get install -y gdal-bin")
+    if not Path("/usr/bin/time").exists():
+        raise SystemExit("/usr/bin/time not found: apt-get install -y time")
     which = [w for w in args.only.split(",") if w]
     paths = generate(args.data, which)
     results = {}

@@ -126,14 +126,14 @@ def test_colormap_luts_have_256_entries_from_anchor_colours():
         assert tuple(lut[0]) == render.COLORMAPS[name][0] and tuple(lut[255]) == render.COLORMAPS[name][-1]
 
 
-def test_compose_adds_alpha_only_when_something_is_invalid():
+def test_pixels_get_alpha_only_when_something_is_invalid():
     band = np.full((2, 2), 9, np.uint8)
-    assert render.compose([band], None).shape == (1, 2, 2)
-    assert render.compose([band] * 3, np.ones((2, 2), bool)).shape == (3, 2, 2)
+    assert render.to_pixels([band], None).shape == (2, 2, 1)
+    assert render.to_pixels([band] * 3, np.ones((2, 2), bool)).shape == (2, 2, 3)
     valid = np.array([[True, False], [True, True]])
-    rgba = render.compose([band] * 3, valid)
-    assert rgba.shape == (4, 2, 2) and rgba[3].tolist() == [[255, 0], [255, 255]]
-    assert rgba[:3, 0, 1].tolist() == [0, 0, 0]
+    rgba = render.to_pixels([band, band + 1, band + 2], valid)
+    assert rgba.shape == (2, 2, 4) and rgba[..., 3].tolist() == [[255, 0], [255, 255]]
+    assert rgba[0, 1].tolist() == [0, 0, 0, 0] and rgba[0, 0].tolist() == [9, 10, 11, 255]
 
 
 # --- grids and world files --------------------------------------------------------------

@@ -34,11 +34,6 @@ PNG_COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type (L, LA
 ROWS_PER_CHUNK = 256
 
 
-def interleave(image: np.ndarray) -> np.ndarray:
-    """Args: image: (c, h, w) band-first. Returns: a contiguous (h, w, c) pixel-interleaved copy."""
-    return np.ascontiguousarray(np.moveaxis(image, 0, -1))
-
-
 def to_pil(pixels: np.ndarray) -> Image.Image:
     """Args: pixels: (h, w, c) uint8 with c in 1..4. Returns: a Pillow image (L, LA, RGB or RGBA)."""
     if pixels.shape[2] == 1:

@@ -160,9 +160,13 @@ def _stage_read(source: _Source, options: Options, run: _Run, shape: tuple[int, 
     return plan, data, valid
 
 
-def _stage_warp(source: _Source, options: Options, run: _Run, plan: read.BandPlan, bands: np.ndarray,
-                valid: np.ndarray | None):
-    """Place the rendered bands on the output grid: the source grid scaled, or warped to another CRS."""
+def _stage_warp(source: _Source, options: Options, run: _Run, plan: read.BandPlan, work: dict):
+    """Place the rendered bands on the output grid (the source grid scaled, or warped to another CRS).
+
+    Consumes work["bands"] and work["valid"]: nothing else holds them, so each array is
+    freed as soon as its successor exists and the peak holds about two output images.
+    """
+    bands, valid = work.pop("bands"), work.pop("valid")
     height, width = bands.shape[1:]
     transform = georef.scaled_transform(source.geo.transform, (source.ds.width, source.ds.height), (width, height))
     crs = source.geo.crs
@@ -172,7 +176,7 @@ def _stage_warp(source: _Source, options: Options, run: _Run, plan: read.BandPla
         bands, valid = georef.warp_image(bands, valid, transform, crs, dst_transform, target, (h, w),
                                          num_threads=READ_THREADS)
         transform, crs = dst_transform, target
-    return render.compose(list(bands), valid), transform, crs
+    return render.to_pixels(list(bands), valid), transform, crs
 
 
 def _write_sidecars(out_dir: Path, stem: str, options: Options, transform, crs) -> dict[str, str | None]:
@@ -248,12 +252,10 @@ def process_file(src: str | Path, out_dir: str | Path, options: Options,
         with run.stage("render", 55, "rendering colours"):
             stats = _statistics(data, valid, plan.indexes, options.percentiles)
             bands, valid, ranges = _render_bands(data, valid, plan, stats, options, source.ds, run)
-            del data
+            work = {"bands": bands, "valid": valid}
+            del data, bands, valid
         with run.stage("warp", 65, "georeferencing the output grid"):
-            image, transform, crs = _stage_warp(source, options, run, plan, bands, valid)
-            del bands, valid
-            pixels = encode.interleave(image)
-            del image
+            pixels, transform, crs = _stage_warp(source, options, run, plan, work)
         out_dir.mkdir(parents=True, exist_ok=True)
         outputs: dict[str, str | None] = {}
         sizes: dict[str, int] = {}

@@ -180,11 +180,12 @@ def linear_rescale(band: np.ndarray, in_range: tuple[float, float] | None) -> np
         band: a 2-D array of any numeric dtype.
         in_range: (low, high) or None.
     Returns:
-        a new uint8 array; a constant range maps to 128 (never black).
+        a uint8 array (the band itself when it is uint8 and unstretched: no copy of the
+        largest array in memory); a constant range maps to 128 (never black).
     """
     if in_range is None:
         if band.dtype == np.uint8:
-            return band.copy()
+            return band
         return np.clip(np.nan_to_num(band, nan=0.0), 0, 255).astype(np.uint8)
     lo, hi = float(in_range[0]), float(in_range[1])
     if np.issubdtype(band.dtype, np.integer) and band.dtype.itemsize <= 2:
@@ -229,21 +230,25 @@ def apply_lut(index: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(lut[safe], -1, 0))
 
 
-def compose(bands: list[np.ndarray], valid: np.ndarray | None) -> np.ndarray:
-    """Stack rendered bands and add alpha only where something is invalid.
+def to_pixels(bands: list[np.ndarray], valid: np.ndarray | None) -> np.ndarray:
+    """Interleave rendered bands into one image, adding alpha only where something is invalid.
 
     Args:
         bands: 1 (grey) or 3 (RGB) uint8 arrays of one shape.
         valid: boolean mask or None.
     Returns:
-        (c, h, w) uint8: L, LA, RGB or RGBA; invalid pixels are zero in every band.
+        a new (h, w, c) uint8 array: L, LA, RGB or RGBA; invalid pixels are zero in every channel.
     """
-    stack = np.stack(bands)
-    if valid is None or valid.all():
-        return stack
-    stack[:, ~valid] = 0
-    alpha = np.where(valid, np.uint8(255), np.uint8(0))[None]
-    return np.concatenate([stack, alpha])
+    alpha = valid is not None and not valid.all()
+    h, w = bands[0].shape
+    pixels = np.empty((h, w, len(bands) + alpha), np.uint8)
+    for i, band in enumerate(bands):
+        pixels[..., i] = band
+    if alpha:
+        pixels[~valid] = 0
+        pixels[..., -1] = valid
+        pixels[..., -1] *= 255
+    return pixels
 
 
 def mode_for(count: int) -> str:
