@@ -31,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    from geoworker.logs import setup_cli_logging
+
+    setup_cli_logging()
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
@@ -115,30 +118,33 @@ def cmd_migrate(args) -> int:
 
 def cmd_submit(args) -> int:
     from geoworker import tasks
-    from geoworker.jobs import Status
 
     settings = load(args)
     params = parse_params(args.param or [])
     task = tasks.get(args.task, settings)
     if args.max_attempts is not None and args.max_attempts < 1:
         raise UsageError("--max-attempts must be at least 1")
-    source = args.source
-    if task.needs_input and not source:
+    if task.needs_input and not args.source:
         raise UsageError(f"task {task.name} needs an input: geoworker submit FILE|URL --task {task.name}")
-    input_ref = _input_reference(source, settings) if source else None
+    input_ref = _input_reference(args.source, settings) if args.source else None
     queue = open_queue(settings)
-    if isinstance(input_ref, Path):  # a local file: the job exists first, so that its input has a home
-        job = queue.enqueue(task.name, params, priority=args.priority, status=Status.PENDING,
-                            max_attempts=args.max_attempts or settings.retry.max_attempts)
-        job = _copy_input_in(job, input_ref, settings, queue)
-    else:
-        job = queue.enqueue(task.name, params, input=input_ref, priority=args.priority,
-                            max_attempts=args.max_attempts or settings.retry.max_attempts)
+    job = submit_job(queue, settings, task.name, input_ref, params, priority=args.priority,
+                     max_attempts=args.max_attempts or settings.retry.max_attempts)
     if args.json:
         _out(job.to_dict())
     else:
         print(job.id)
     return 0
+
+
+def submit_job(queue, settings, task_name: str, input_ref, params, priority: int = 0, max_attempts: int = 5):
+    """Create the job; a local file is first stored as its input (the job exists first, so it has a home)."""
+    from geoworker.jobs import Status
+
+    if isinstance(input_ref, Path):
+        job = queue.enqueue(task_name, params, priority=priority, status=Status.PENDING, max_attempts=max_attempts)
+        return _copy_input_in(job, input_ref, settings, queue)
+    return queue.enqueue(task_name, params, input=input_ref, priority=priority, max_attempts=max_attempts)
 
 
 def _input_reference(source: str, settings) -> dict[str, Any] | Path:
@@ -282,6 +288,42 @@ def cmd_run(args) -> int:
     return run_service(settings, concurrency=args.concurrency, drain=args.drain)
 
 
+def cmd_process(args) -> int:
+    """The pipeline on one file, no queue: what a job would produce, in --out."""
+    from geoworker.processing import process_file
+    from geoworker.raster_tasks import options_for
+
+    settings = load(args)
+    src = Path(args.input)
+    if not src.is_file():
+        raise UsageError(f"{args.input}: no such file")
+    options = options_for(settings, parse_params(args.param or []))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    quiet = args.json or not sys.stderr.isatty()  # progress is for people watching
+
+    def progress(percent: int, message: str) -> None:
+        if not quiet:
+            print(f"{percent:3d}%  {message}", file=sys.stderr)
+
+    result = process_file(src, out, options, progress=progress)
+    if args.json:
+        _out(result)
+        return 0
+    for kind, name in result["outputs"].items():
+        if name:
+            print(f"{kind:<11} {out / name}")
+    for warning in result.get("warnings") or []:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from geoworker.demo import run_demo
+
+    return run_demo(load(args), keep_going=args.keep_going)
+
+
 def cmd_config(args) -> int:
     if args.check:
         try:
@@ -384,10 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("cancel", cmd_cancel, "cancel a pending, queued or running job").add_argument("job_id", metavar="JOB_ID")
     add("retry", cmd_retry, "queue a failed or cancelled job again").add_argument("job_id", metavar="JOB_ID")
 
-    p = add("process", not_built("process", "the processing issue"), "run the pipeline on one file, no queue")
+    p = add("process", cmd_process, "run the pipeline on one file, no queue")
     p.add_argument("input", metavar="IN.tif")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--param", action="append", metavar="KEY=VALUE")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="e.g. max_size=2048, stretch=minmax")
+    p.add_argument("--json", action="store_true", help="print the result (metadata summary, timings) as JSON")
 
     p = add("health", not_built("health", "the operations issue"), "check database, API, file system, dependencies")
     p.add_argument("--json", action="store_true")
@@ -400,5 +443,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     add("api", not_built("api", "the HTTP API issue"), "run the HTTP API server")
-    add("demo", not_built("demo", "the processing issue"), "process a sample GeoTIFF through the queue")
+    p = add("demo", cmd_demo, "make a sample GeoTIFF, run it through the queue, show the outputs")
+    p.add_argument("--keep-going", action="store_true", help="leave the service running afterwards (Ctrl-C stops)")
     return parser

@@ -122,3 +122,33 @@ def test_python_dash_m_and_console_script_are_the_same(env, tmp_path):
     module = run_cli(["--version"], env)
     assert direct.returncode == module.returncode == 0
     assert direct.stdout == module.stdout and direct.stdout.startswith("geoworker ")
+
+
+def test_process_runs_the_pipeline_without_a_queue(tmp_path):
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    src = tmp_path / "site plan.tif"
+    data = np.arange(64 * 48, dtype="uint16").reshape(1, 48, 64) * 7
+    with rasterio.open(src, "w", driver="GTiff", width=64, height=48, count=1, dtype="uint16",
+                       crs="EPSG:32638", transform=from_origin(400000, 1700000, 2, 2)) as ds:
+        ds.write(data)
+    out = tmp_path / "out"
+    env = {"PATH": "/usr/bin:/bin"}
+    result = run_cli(["process", str(src), "--out", str(out), "--param", "max_size=32",
+                      "--param", "coordinate_system=native"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    png = next(out.glob("*.png"))
+    with rasterio.open(png) as ds:
+        assert (ds.width, ds.height) == (32, 24)
+        assert ds.crs.to_epsg() == 32638
+        assert ds.transform.a == pytest.approx(4.0)
+    assert str(png) in result.stdout and ".pgw" in result.stdout
+
+    missing = run_cli(["process", str(tmp_path / "nope.tif"), "--out", str(out)], env, cwd=tmp_path)
+    user_error(missing, r"nope.tif: no such file")
+    text = tmp_path / "notes.tif"
+    text.write_text("this is not a raster")
+    bad = run_cli(["process", str(text), "--out", str(out)], env, cwd=tmp_path)
+    user_error(bad, r"not a TIFF")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
 
 import psutil
+import rasterio
 
 from conftest import run_cli
 
@@ -16,7 +18,7 @@ def _postmaster_pid(data_dir: Path) -> int:
     return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
 
 
-def test_embedded_database_starts_once_and_is_reused():
+def test_demo_on_the_embedded_database_which_is_then_reused():
     import shutil
     import tempfile
 
@@ -25,8 +27,13 @@ def test_embedded_database_starts_once_and_is_reused():
     tmp_path.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "GEOWORKER_")) and k != "DATABASE_URL"}
     env["GEOWORKER_WORKER_DEBUG_TASKS"] = "true"
-    first = run_cli(["migrate"], env, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
+    first = run_cli(["demo"], env, cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert re.search(r"job [0-9a-f-]{36}: succeeded", first.stdout), first.stdout
+    png = Path(re.search(r"png\s+(\S+\.png)", first.stdout).group(1))
+    with rasterio.open(png) as ds:
+        assert ds.crs.to_epsg() == 4326 and ds.count == 4, "the demo's PNG is not georeferenced RGBA"
+    assert "succeeded" in first.stdout.split("events:")[1]
     data_dir = tmp_path / "var" / "postgres"
     assert (data_dir / "PG_VERSION").is_file()
     pid = _postmaster_pid(data_dir)
