@@ -170,15 +170,13 @@ def warp_image(image: np.ndarray, valid: np.ndarray | None, src_transform: Affin
         (warped bands (c, H, W), valid (H, W) boolean).
     """
     count = image.shape[0]
-    source = np.empty((count + 1, *image.shape[1:]), np.uint8)
-    source[:count] = image
-    if valid is None:
-        source[count] = 255
-    else:
-        np.multiply(valid, 255, out=source[count], casting="unsafe")
+    alpha = np.full(image.shape[1:], 255, np.uint8) if valid is None else np.multiply(valid, 255, dtype=np.uint8)
     destination = np.zeros((count + 1, *dst_shape), np.uint8)
-    reproject(source, destination, src_transform=src_transform, src_crs=src_crs, dst_transform=dst_transform,
-              dst_crs=dst_crs, resampling=Resampling[resampling], num_threads=num_threads, init_dest_nodata=True,
-              warp_mem_limit=32)
-    del source
+    # One band per call: rasterio copies whole source and destination arrays into GDAL
+    # in-memory datasets, so a single 4-band call would hold two extra image copies.
+    for i, band in enumerate([*image, alpha]):
+        reproject(band, destination[i], src_transform=src_transform, src_crs=src_crs, dst_transform=dst_transform,
+                  dst_crs=dst_crs, resampling=Resampling[resampling], num_threads=num_threads,
+                  init_dest_nodata=True, warp_mem_limit=32)
+    del alpha
     return destination[:count], destination[count] >= 128
