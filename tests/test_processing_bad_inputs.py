@@ -13,7 +13,7 @@ from PIL import Image
 
 from geoworker.errors import InvalidInput, TooLarge, Unsupported, describe
 from geoworker.processing import Options, describe_file, process_file
-from tests import rasters
+import rasters  # tests/rasters.py (tests/ is on sys.path, as for tests/service.py)
 
 pytestmark = pytest.mark.timeout(60)
 NATIVE = Options(coordinate_system="native")

@@ -17,7 +17,7 @@ from affine import Affine
 from PIL import Image
 
 from geoworker.processing import Options, process_file, write_sample_orthophoto
-from tests import rasters
+import rasters  # tests/rasters.py (tests/ is on sys.path, as for tests/service.py)
 
 pytestmark = pytest.mark.skipif(not shutil.which("gdal_translate"), reason="gdal-bin is not installed")
 

@@ -21,7 +21,7 @@ from rasterio.warp import transform_bounds
 
 from geoworker.processing import Options, describe_file, process_file, write_sample_orthophoto
 from geoworker.processing.georef import transform_from_world_file
-from tests import rasters
+import rasters  # tests/rasters.py (tests/ is on sys.path, as for tests/service.py)
 
 NATIVE = Options(coordinate_system="native")
 
@@ -341,6 +341,7 @@ def test_all_outputs_metadata_and_progress(tmp_path):
     percents = [p for p, _ in calls]
     assert percents == sorted(percents) and percents[-1] == 100 and len(calls) >= 6
     assert set(result["timings"]) >= {"validate", "read", "render", "encode", "write", "total"}
+    assert result["warnings"] == []  # overviews and masks are not "pages"
     meta = json.loads((out / names["metadata"]).read_text())
     import hashlib
 
