@@ -181,7 +181,7 @@ class Child:
         self.send("busy", job=job.id, task=job.task_type, attempt=job.attempts, max_attempts=job.max_attempts,
                   timeout=timeout)
         started = time.monotonic()
-        outcome, error_code, timings = "failed", None, None
+        outcome, error_code, timings, retried = "failed", None, None, False
         workdir: Path | None = None
         with logger.contextualize(job=job.id, attempt=job.attempts, task=job.task_type):
             logger.info(f"job {job.id} started: {job.task_type} (attempt {job.attempts} of {job.max_attempts})")
@@ -206,14 +206,16 @@ class Child:
                     logger.opt(exception=exc).error(f"job {job.id} failed unexpectedly: {message}")
                 else:
                     logger.warning(f"job {job.id} failed ({error_code}{', permanent' if permanent else ''}): {message}")
-                done = self._finish(lambda: self.queue.fail(job, error_code, message, permanent=permanent))
+                ended: list[Job] = []
+                done = self._finish(lambda: ended.append(self.queue.fail(job, error_code, message, permanent=permanent)))
                 outcome = "failed" if done else "discarded"
+                retried = bool(ended) and ended[-1].status == "queued"  # for the metrics: retry or failed for good
             finally:
                 self.current = None
                 if workdir is not None:
                     remove_workdir(workdir)
         self.jobs_done += 1
-        self.send("idle", job=job.id, task=job.task_type, outcome=outcome, error_code=error_code,
+        self.send("idle", job=job.id, task=job.task_type, outcome=outcome, error_code=error_code, retried=retried,
                   duration=round(time.monotonic() - started, 6), timings=timings, jobs_done=self.jobs_done)
 
     def storage(self):

@@ -325,10 +325,15 @@ class JobQueue:
         row = self._run("queue_summary")[0]
         return {k: (float(v) if k == "oldest_ready_age" else int(v)) for k, v in row.items()}
 
-    def stats(self, window: float = 3600.0, worker_window: float = 120.0) -> dict[str, Any]:
-        """What `geoworker stats` shows: counts, throughput, durations, failures, workers."""
+    def count_by_status(self) -> dict[str, int]:
+        """How many jobs are in each status (every status, zeros included)."""
         counts = {s.value: 0 for s in Status}
         counts.update({r["status"]: int(r["n"]) for r in self._run("count_by_status")})
+        return counts
+
+    def stats(self, window: float = 3600.0, worker_window: float = 120.0) -> dict[str, Any]:
+        """What `geoworker stats` shows: counts, throughput, durations, failures, workers."""
+        counts = self.count_by_status()
         done = self._run("throughput", {"window": window})[0]
         durations = [{**r, "n": int(r["n"]), "p50": _num(r["p50"]), "p95": _num(r["p95"]), "max": _num(r["max"])}
                      for r in self._run("durations_by_task", {"window": window})]

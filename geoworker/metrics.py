@@ -1,0 +1,429 @@
+"""Prometheus metrics and /healthz, served by the supervisor from its own loop.
+
+The supervisor forks its children, and forking a process that runs other threads is
+unsafe (a lock another thread holds is copied locked into the child), so there is no
+server thread here: a non-blocking listening socket joins the supervisor's select()
+through `fds()`, and `on_readable()` accepts, reads and answers without ever waiting
+on a client (a client that does not send its request within REQUEST_TIMEOUT is dropped).
+
+Children keep no registry. What they do reaches the supervisor as ctl messages (busy;
+idle with outcome, duration and stage timings), the supervisor turns those and its own
+decisions (kills, settlements, rescues) into events, and this observer counts them.
+Queue depth is read from the database only when someone scrapes, at most every
+QUEUE_REFRESH seconds (and the count of every status every STATUS_REFRESH seconds).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from loguru import logger
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               disable_created_metrics)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from geoworker import __version__
+
+QUEUE_REFRESH = 5.0  # seconds: queue depth (one indexed query over queued and running jobs)
+STATUS_REFRESH = 60.0  # seconds: jobs by every status (a scan of the status index)
+LOOP_STALE_AFTER = 10.0  # /healthz: the loop's last full turn must be younger than this
+REQUEST_TIMEOUT = 2.0  # seconds a client has to send its request (and to take the answer)
+MAX_CONNECTIONS = 16
+MAX_REQUEST_BYTES = 8192
+MAX_LABEL_VALUES = 64  # distinct task or stage names before the rest become "other"
+JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+KILL_REASONS = ("timeout", "memory_limit", "unresponsive", "crashed", "lost", "cancelled", "boot_timeout", "shutdown")
+_LABEL = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def for_supervisor(supervisor) -> "SupervisorMetrics":
+    """The observer `attach_observers()` adds; it serves when metrics.port is not 0."""
+    disable_created_metrics()  # no *_created series beside every counter: noise for our dashboards
+    return SupervisorMetrics(supervisor)
+
+
+class SupervisorMetrics:
+    """Counters, histograms and gauges of one supervisor, and the endpoint that serves them."""
+
+    def __init__(self, supervisor, registry: CollectorRegistry | None = None):
+        self.supervisor = supervisor
+        self.registry = registry or CollectorRegistry()
+        self.endpoint: HttpEndpoint | None = None
+        self.address: tuple[str, int] | None = None  # what metrics.host/port said when we (tried to) bind
+        self.last_tick = time.monotonic()
+        self._queue_due = 0.0
+        self._status_due = 0.0
+        self._labels: dict[str, set[str]] = {"task": set(), "stage": set()}
+        self._define()
+
+    # --- the metrics -------------------------------------------------------------------
+
+    def _define(self) -> None:
+        r = self.registry
+        ProcessCollector(registry=r)  # the supervisor's own process_* (RSS, CPU, open fds)
+        self.claimed = Counter("geoworker_jobs_claimed", "Jobs claimed by this supervisor's children.",
+                               ["task"], registry=r)
+        self.succeeded = Counter("geoworker_jobs_succeeded", "Jobs completed successfully.", ["task"], registry=r)
+        self.failed = Counter("geoworker_jobs_failed", "Jobs that ended failed for good (no attempt left, or a "
+                              "permanent error), whoever ended the attempt.", ["task", "error_code"], registry=r)
+        self.retried = Counter("geoworker_jobs_retried", "Attempts that ended with a retry scheduled (errors, "
+                               "kills, crashes, rescues).", ["task", "error_code"], registry=r)
+        self.rescued = Counter("geoworker_jobs_rescued", "Running jobs of a vanished worker (any host) that this "
+                               "supervisor requeued or failed.", ["task"], registry=r)
+        self.discarded = Counter("geoworker_jobs_discarded", "Results refused because the job was no longer the "
+                                 "child's (cancelled, rescued, killed at the last moment).", ["task"], registry=r)
+        self.killed = Counter("geoworker_children_killed", "Children stopped by the supervisor or found dead, by "
+                              "reason (timeout, memory_limit, unresponsive, crashed, cancelled, lost, shutdown, ...).",
+                              ["reason"], registry=r)
+        for reason in KILL_REASONS:  # at 0 from the start, so rate() and alerts see the series
+            self.killed.labels(reason)
+        self.spawned = Counter("geoworker_children_spawned", "Children forked.", registry=r)
+        self.duration = Histogram("geoworker_job_duration_seconds", "Wall time of an attempt in the child, by task "
+                                  "and outcome (succeeded, failed, discarded).", ["task", "outcome"],
+                                  buckets=JOB_BUCKETS, registry=r)
+        self.stage = Histogram("geoworker_job_stage_duration_seconds", "Time in each processing stage (validate, "
+                               "read, render, warp, encode, write) of attempts that succeeded.", ["task", "stage"],
+                               buckets=STAGE_BUCKETS, registry=r)
+        self.queue_depth = Gauge("geoworker_queue_depth", "Jobs queued and claimable now (ready), queued for later "
+                                 "(scheduled: retries in backoff) and running, in the whole database.", ["state"],
+                                 registry=r)
+        self.jobs_by_status = Gauge("geoworker_jobs_by_status", "Jobs in the database by status (refreshed every "
+                                    f"{STATUS_REFRESH:g} s at most).", ["status"], registry=r)
+        self.oldest_ready = Gauge("geoworker_queue_oldest_ready_age_seconds", "How long the oldest claimable job "
+                                  "has waited (0 when none waits).", registry=r)
+        self.alive = Gauge("geoworker_children_alive", "Child processes of this supervisor.", registry=r)
+        self.busy = Gauge("geoworker_children_busy", "Children running a job now.", registry=r)
+        self.target = Gauge("geoworker_children_target", "Children the supervisor keeps (worker.concurrency, "
+                            "SIGTTIN/SIGTTOU).", registry=r)
+        self.child_rss = Gauge("geoworker_child_rss_bytes", "Resident memory of each child.", ["pid"], registry=r)
+        self.pool_rss = Gauge("geoworker_children_rss_bytes", "Resident memory of all children together.",
+                              registry=r)
+        self.rss_limit = Gauge("geoworker_child_rss_limit_bytes", "worker.max_child_rss_mb: a child above it is "
+                               "killed.", registry=r)
+        self.db_up = Gauge("geoworker_database_up", "1 while the supervisor's last database call succeeded.",
+                           registry=r)
+        self.pending = Gauge("geoworker_pending_outcomes", "Outcomes of killed jobs waiting for the database.",
+                             registry=r)
+        self.loop_age = Gauge("geoworker_loop_last_turn_age_seconds", "Seconds since the supervisor loop's last "
+                              "full turn.", registry=r)
+        info = Gauge("geoworker_info", "This supervisor: version, id and worker name (always 1).",
+                     ["version", "supervisor", "name"], registry=r)
+        info.labels(__version__, self.supervisor.id, self.supervisor.settings.worker.name).set(1)
+
+    def _name(self, kind: str, value: Any) -> str:
+        """A label value from a child's message, bounded: never an unbounded set of series."""
+        seen = self._labels[kind]
+        text = str(value) if value is not None else "unknown"
+        if text in seen:
+            return text
+        if not _LABEL.match(text) or len(seen) >= MAX_LABEL_VALUES:
+            return "other"
+        seen.add(text)
+        return text
+
+    # --- the supervisor's events ----------------------------------------------------------
+
+    def on_event(self, name: str, supervisor=None, **data: Any) -> None:
+        handler = getattr(self, f"_on_{name}", None)
+        if handler is not None:
+            handler(**data)
+
+    def _on_started(self, **_: Any) -> None:
+        self.last_tick = time.monotonic()
+        self.apply_settings()
+
+    def _on_stopped(self, **_: Any) -> None:
+        self.close()
+
+    def _on_tick(self, **_: Any) -> None:
+        self.last_tick = time.monotonic()
+        self.apply_settings()  # SIGHUP may have changed metrics.host/port
+        if self.endpoint is not None:
+            self.endpoint.expire()
+
+    def _on_job_started(self, job: dict, **_: Any) -> None:
+        self.claimed.labels(self._name("task", job.get("task"))).inc()
+
+    def _on_job_finished(self, job: dict, **_: Any) -> None:
+        task = self._name("task", job.get("task"))
+        outcome = job.get("outcome") or "unknown"
+        code = job.get("error_code") or "none"
+        if outcome == "succeeded":
+            self.succeeded.labels(task).inc()
+        elif outcome == "failed":
+            (self.retried if job.get("retried") else self.failed).labels(task, code).inc()
+        elif outcome == "discarded":
+            self.discarded.labels(task).inc()
+        if isinstance(job.get("duration"), (int, float)):
+            self.duration.labels(task, outcome if outcome in ("succeeded", "failed", "discarded") else "other") \
+                .observe(job["duration"])
+        timings = job.get("timings")
+        if isinstance(timings, dict):
+            for stage, seconds in timings.items():
+                if stage != "total" and isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
+                    self.stage.labels(task, self._name("stage", stage)).observe(seconds)
+
+    def _on_job_settled(self, job=None, **_: Any) -> None:
+        """The supervisor ended an attempt itself (a kill or a crash): a retry, or failed for good."""
+        if job is not None:
+            self._ended(job)
+
+    def _on_job_rescued(self, job=None, **_: Any) -> None:
+        if job is not None:
+            self.rescued.labels(self._name("task", job.task_type)).inc()
+            self._ended(job)
+
+    def _ended(self, job) -> None:
+        task, code = self._name("task", job.task_type), job.error_code or "none"
+        if job.status == "queued":
+            self.retried.labels(task, code).inc()
+        elif job.status == "failed":
+            self.failed.labels(task, code).inc()
+
+    def _on_child_spawned(self, **_: Any) -> None:
+        self.spawned.inc()
+
+    def _on_child_killed(self, reason: str = "unknown", **_: Any) -> None:
+        self.killed.labels(str(reason)).inc()
+
+    def _on_child_exited(self, child=None, **_: Any) -> None:
+        if child is not None:
+            try:
+                self.child_rss.remove(str(child.pid))
+            except KeyError:
+                pass
+
+    # --- gauges, read when scraped ----------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Gauges from the supervisor's state (free) and, now and then, from the database."""
+        sup = self.supervisor
+        children = list(sup.children.values())
+        self.alive.set(len(children))
+        self.busy.set(sum(1 for c in children if c.state == "busy"))
+        self.target.set(sup.concurrency)
+        for child in children:
+            self.child_rss.labels(str(child.pid)).set(child.rss)
+        self.pool_rss.set(sum(c.rss for c in children))
+        self.rss_limit.set(sup.settings.worker.max_child_rss_mb * 1024 * 1024)
+        self.pending.set(len(sup.pending))
+        self.loop_age.set(round(time.monotonic() - self.last_tick, 3))
+        self._refresh_queue()
+        self.db_up.set(1 if sup.db_ok else 0)
+
+    def _refresh_queue(self) -> None:
+        sup = self.supervisor
+        now = time.monotonic()
+        # only on a database that answers: a connect to a lost host could hold the loop for connect_timeout
+        if sup.queue is None or not sup.db_ok or now < self._queue_due:
+            return
+        self._queue_due = now + QUEUE_REFRESH
+        summary = sup._db_call(sup.queue.summary)
+        if summary is not None:
+            for state in ("ready", "scheduled", "running"):
+                self.queue_depth.labels(state).set(summary[state])
+            self.oldest_ready.set(summary["oldest_ready_age"])
+        if sup.db_ok and now >= self._status_due:
+            self._status_due = now + STATUS_REFRESH
+            counts = sup._db_call(sup.queue.count_by_status)
+            for status, n in (counts or {}).items():
+                self.jobs_by_status.labels(status).set(n)
+
+    def health(self) -> tuple[bool, list[str]]:
+        """Healthy while the loop turns and the database answers; else the reasons."""
+        problems = []
+        age = time.monotonic() - self.last_tick
+        if age > LOOP_STALE_AFTER:
+            problems.append(f"supervisor loop stalled (last turn {age:.0f} s ago)")
+        if not self.supervisor.db_ok:
+            problems.append("database unreachable")
+        return not problems, problems
+
+    # --- HTTP ----------------------------------------------------------------------------------
+
+    def routes(self) -> dict[str, Callable[[], tuple[int, str, bytes]]]:
+        return {"/metrics": self._metrics_page, "/healthz": self._healthz_page, "/": self._index_page}
+
+    def _metrics_page(self) -> tuple[int, str, bytes]:
+        self.refresh()
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+    def _healthz_page(self) -> tuple[int, str, bytes]:
+        ok, problems = self.health()
+        sup = self.supervisor
+        if ok:
+            body = (f"ok: supervisor {sup.id}, {len(sup.children)} children, database reachable"
+                    + (", stopping" if sup.stopping else ""))
+            return 200, "text/plain; charset=utf-8", (body + "\n").encode()
+        return 503, "text/plain; charset=utf-8", ("unhealthy: " + "; ".join(problems) + "\n").encode()
+
+    def _index_page(self) -> tuple[int, str, bytes]:
+        return 200, "text/plain; charset=utf-8", b"geoworker supervisor: /metrics /healthz\n"
+
+    def apply_settings(self) -> None:
+        """Listen where metrics.host/port say (port 0: not at all); follow a SIGHUP's change."""
+        cfg = self.supervisor.settings.metrics
+        wanted = (cfg.host, cfg.port)
+        if wanted == self.address:
+            return
+        self.close()
+        self.address = wanted
+        if cfg.port == 0:
+            return
+        endpoint = HttpEndpoint(cfg.host, cfg.port, self.routes())
+        try:
+            endpoint.open()
+        except OSError as exc:
+            # a taken port must not take the service down: it runs on, without metrics
+            logger.error(f"metrics: cannot listen on {cfg.host}:{cfg.port} ({exc.strerror or exc}); "
+                         "running without /metrics and /healthz")
+            return
+        self.endpoint = endpoint
+        logger.info(f"metrics: serving /metrics and /healthz on http://{_host_for_url(cfg.host)}:{cfg.port}/")
+
+    def close(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.close()
+            self.endpoint = None
+        self.address = None
+
+    # the observer protocol's sockets: the supervisor selects on them and closes them in children
+    def fds(self) -> list[int]:
+        return self.endpoint.fds() if self.endpoint is not None else []
+
+    def on_readable(self, fd: int) -> None:
+        if self.endpoint is not None:
+            self.endpoint.on_readable(fd)
+
+
+# --- a tiny HTTP/1.0 server that never blocks the loop -----------------------------------------
+
+
+@dataclass
+class _Connection:
+    sock: socket.socket
+    deadline: float
+    data: bytes = b""
+
+
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+class HttpEndpoint:
+    """A listening socket and its open connections; GET and HEAD of a few fixed paths."""
+
+    def __init__(self, host: str, port: int, routes: dict[str, Callable[[], tuple[int, str, bytes]]]):
+        self.host, self.port, self.routes = host, port, routes
+        self.sock: socket.socket | None = None
+        self.connections: dict[int, _Connection] = {}
+
+    def open(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.create_server((self.host, self.port), family=family, backlog=MAX_CONNECTIONS)
+        sock.setblocking(False)
+        self.sock = sock
+
+    def close(self) -> None:
+        for fd in list(self.connections):
+            self._drop(fd)
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def fds(self) -> list[int]:
+        return ([self.sock.fileno()] if self.sock is not None else []) + list(self.connections)
+
+    def on_readable(self, fd: int) -> None:
+        if self.sock is not None and fd == self.sock.fileno():
+            self._accept()
+        elif fd in self.connections:
+            self._read(fd)
+
+    def expire(self) -> None:
+        """Drop clients that did not send a whole request in time (they must not pile up)."""
+        now = time.monotonic()
+        for fd, conn in list(self.connections.items()):
+            if now > conn.deadline:
+                self._drop(fd)
+
+    def _accept(self) -> None:
+        for _ in range(MAX_CONNECTIONS):
+            try:
+                sock, _addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: try again on the next event
+                logger.warning(f"metrics: accept failed: {exc}")
+                return
+            if len(self.connections) >= MAX_CONNECTIONS:
+                sock.close()
+                continue
+            sock.setblocking(False)
+            self.connections[sock.fileno()] = _Connection(sock, time.monotonic() + REQUEST_TIMEOUT)
+
+    def _read(self, fd: int) -> None:
+        conn = self.connections[fd]
+        try:
+            chunk = conn.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(fd)
+            return
+        if not chunk:
+            self._drop(fd)
+            return
+        conn.data += chunk
+        if b"\r\n\r\n" in conn.data or b"\n\n" in conn.data:
+            self._answer(fd, *self._handle(conn.data))
+        elif len(conn.data) > MAX_REQUEST_BYTES:
+            self._answer(fd, 431, "text/plain", b"request too large\n")
+
+    def _handle(self, request: bytes) -> tuple[int, str, bytes, bool]:
+        line = request.split(b"\n", 1)[0].decode("latin-1").strip().split()
+        if len(line) != 3 or not line[2].startswith("HTTP/"):
+            return 400, "text/plain", b"bad request\n", False
+        method, target = line[0], line[1].split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"GET or HEAD only\n", False
+        route = self.routes.get(target)
+        if route is None:
+            return 404, "text/plain", b"not found: try /metrics or /healthz\n", method == "HEAD"
+        try:
+            status, ctype, body = route()
+        except Exception:
+            logger.exception(f"metrics: {target} failed")
+            status, ctype, body = 500, "text/plain", b"internal error\n"
+        return status, ctype, body, method == "HEAD"
+
+    def _answer(self, fd: int, status: int, ctype: str, body: bytes, head_only: bool = False) -> None:
+        conn = self.connections[fd]
+        head = (f"HTTP/1.0 {status} {REASONS.get(status, 'Unknown')}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
+        try:
+            # a few tens of kB into a fresh socket buffer: in practice this never waits
+            conn.sock.settimeout(REQUEST_TIMEOUT)
+            conn.sock.sendall(head.encode("latin-1") + (b"" if head_only else body))
+        except OSError:
+            pass
+        self._drop(fd)
+
+    def _drop(self, fd: int) -> None:
+        conn = self.connections.pop(fd, None)
+        if conn is None:
+            return
+        try:
+            conn.sock.shutdown(socket.SHUT_RDWR)  # the FIN goes out even if a child still held a copy
+        except OSError:
+            pass
+        conn.sock.close()
+
+
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
