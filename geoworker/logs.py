@@ -19,11 +19,14 @@ from typing import Any, Mapping
 
 from loguru import logger
 
+from geoworker.errors import ConfigError
+
 TEXT_FORMAT = (
     "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {extra[role]}[{extra[pid]}]{extra[where]} | "
     "{message}"
-)  # loguru appends "\n{exception}" to a format string
+)
 CONTEXT_KEYS = ("job", "attempt", "task")
+MAX_LINE_BYTES = 1024 * 1024  # a child's line with no newline in sight is cut here (GDAL progress dots)
 
 # Belt and braces: whatever slips into a message, these never reach a sink.
 _SECRETS = [
@@ -48,6 +51,15 @@ def _patch(record: dict) -> None:
     record["message"] = redact(record["message"])
     parts = [f"{k}={extra[k]}" for k in CONTEXT_KEYS if extra.get(k) is not None]
     extra["where"] = (" " + " ".join(parts)) if parts else ""
+    if record["exception"] is not None:
+        # formatted here, redacted: loguru's own {exception} would print a signed URL in an error as it is
+        exc = record["exception"]
+        extra["_exc"] = redact("".join(traceback.format_exception(exc.type, exc.value, exc.traceback))).rstrip("\n")
+
+
+def _text_format(record: dict) -> str:
+    # a callable format gets no automatic "\n{exception}": the redacted traceback _patch made goes instead
+    return TEXT_FORMAT + ("\n{extra[_exc]}" if record["exception"] is not None else "") + "\n"
 
 
 def _json_patch(record: dict) -> None:
@@ -64,8 +76,7 @@ def _json_patch(record: dict) -> None:
         if key not in ("role", "pid", "where", "_json") and not key.startswith("_"):
             doc[key] = value
     if record["exception"] is not None:
-        exc = record["exception"]
-        doc["exception"] = redact("".join(traceback.format_exception(exc.type, exc.value, exc.traceback)))
+        doc["exception"] = extra["_exc"]
     extra["_json"] = json.dumps(doc, default=str)
 
 
@@ -75,13 +86,19 @@ def setup_service_logging(settings, role: str = "supervisor") -> None:
     logger.remove()
     logger.configure(extra={"role": role, "pid": os.getpid(), "where": ""},
                      patcher=_json_patch if cfg.json else _patch)
-    # a callable format gets no automatic "\n{exception}": the JSON line carries the traceback itself
-    fmt = (lambda record: "{extra[_json]}\n") if cfg.json else TEXT_FORMAT
+    # the JSON line carries the traceback itself
+    fmt = (lambda record: "{extra[_json]}\n") if cfg.json else _text_format
     level = cfg.level.upper()
     logger.add(sys.stderr, level=level, format=fmt, colorize=False, backtrace=False, diagnose=False)
     if cfg.file:
-        logger.add(cfg.file, level=level, format=fmt, rotation=cfg.rotation, retention=cfg.retention,
-                   compression="gz", encoding="utf-8", backtrace=False, diagnose=False, enqueue=False)
+        # enqueue=False: loguru's queue is a thread, and the supervisor forks (rotation and gzip run inline)
+        try:
+            logger.add(cfg.file, level=level, format=fmt, rotation=cfg.rotation, retention=cfg.retention,
+                       compression="gz", encoding="utf-8", backtrace=False, diagnose=False, enqueue=False)
+        except OSError as exc:
+            raise ConfigError(f"logging.file: cannot write {cfg.file}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # a rotation loguru cannot parse
+            raise ConfigError(f"logging.rotation: {exc}") from None
 
 
 def setup_cli_logging(level: str = "WARNING") -> None:
@@ -122,15 +139,19 @@ def emit_child_line(line: str, pid: int, context: Mapping[str, Any] | None = Non
         if text:
             logger.bind(role="child", pid=pid, **(context or {})).warning(f"[stderr] {text}")
         return
-    extra = {"role": "child", "pid": pid, **(data.get("x") or {})}
+    context = data.get("x") if isinstance(data.get("x"), dict) else {}
+    extra = {"role": "child", "pid": pid, **{k: v for k, v in context.items() if k in CONTEXT_KEYS}}
     when = _loguru_time(data.get("t"))
-    message = data.get("m", "")
+    message = str(data.get("m", ""))
     if data.get("e"):
-        message = f"{message}\n{data['e'].rstrip()}"
+        message = f"{message}\n{str(data['e']).rstrip()}"
     bound = logger.bind(**extra)
     if when is not None:
         bound = bound.patch(lambda record: record.update(time=when))
-    bound.log(data.get("l", "INFO"), message)
+    try:
+        bound.log(data.get("l", "INFO"), message)
+    except (ValueError, TypeError):  # a level this process does not know: keep the line anyway
+        bound.info(message)
 
 
 def _parse(line: str) -> dict | None:

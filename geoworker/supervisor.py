@@ -232,10 +232,15 @@ class Supervisor:
             logger.error(f"SIGHUP: configuration not reloaded, keeping the old one: {exc}")
             return
         old = self.settings
+        if new.logging != old.logging:
+            try:
+                logs.setup_service_logging(new, role="supervisor")
+            except ConfigError as exc:  # e.g. a log file it cannot write: the old sinks come back
+                logs.setup_service_logging(old, role="supervisor")
+                logger.error(f"SIGHUP: configuration not reloaded, keeping the old one: {exc}")
+                return
         self.settings = new
         self.concurrency = new.worker.concurrency
-        if (new.logging != old.logging):
-            logs.setup_service_logging(new, role="supervisor")
         logger.info(f"SIGHUP: configuration reloaded; replacing {len(self.children)} children; "
                     f"concurrency {self.concurrency}")
         for child in self.children.values():
@@ -331,10 +336,11 @@ class Supervisor:
         data, alive = _read_available(child.log_fd)
         child.log_buf += data
         *lines, child.log_buf = child.log_buf.split(b"\n")
-        if not alive and child.log_buf:
+        if (not alive or len(child.log_buf) > logs.MAX_LINE_BYTES) and child.log_buf:
             lines.append(child.log_buf)
             child.log_buf = b""
-        context = {"job": child.job["id"]} if child.job else None
+        context = {k: child.job.get(v) for k, v in (("job", "id"), ("attempt", "attempt"), ("task", "task"))} \
+            if child.job else None
         for line in lines:
             logs.emit_child_line(line.decode("utf-8", "replace"), child.pid, context)
         return alive
@@ -449,13 +455,14 @@ class Supervisor:
             return
         child.kill_reason = reason
         job = child.job
+        log = logger.bind(job=job["id"], attempt=job.get("attempt"), task=job.get("task")) if job else logger
         if job and settle:
             action = "released" if release else f"killed ({reason})"
-            logger.warning(f"child {child.pid} {action}: job {job['id']}: {message or reason}")
+            log.warning(f"child {child.pid} {action}: job {job['id']}: {message or reason}")
             self.settle(PendingOutcome(job["id"], int(job.get("attempt") or 1), child.worker_id, code,
                                        message or reason, reason, release=release))
         elif job:
-            logger.info(f"stopping child {child.pid}: job {job['id']} {reason}")
+            log.info(f"stopping child {child.pid}: job {job['id']} {reason}")
         else:
             logger.warning(f"child {child.pid} killed ({reason}): {message or 'idle'}")
         child.term_sent = time.monotonic()
@@ -476,16 +483,17 @@ class Supervisor:
                 continue
             child.rss = _rss(child.pid)
             job = child.job
+            # before any kill, even when one tick took the child from below 90 % to over the limit
+            if child.rss > NEAR_LIMIT * limit and not child.warned_memory:
+                child.warned_memory = True
+                logger.warning(f"child {child.pid} is near its memory limit: {child.rss / MiB:.0f} MiB of "
+                               f"{w.max_child_rss_mb} MiB" + (f" (job {job['id']})" if job else ""))
             if child.rss > limit:
                 self.kill_child(child, "memory_limit", "memory_limit",
                                 f"the child used {child.rss / MiB:.0f} MiB, more than worker.max_child_rss_mb "
                                 f"({w.max_child_rss_mb} MiB)")
                 self.memory_report(level="WARNING")
                 continue
-            if child.rss > NEAR_LIMIT * limit and not child.warned_memory:
-                child.warned_memory = True
-                logger.warning(f"child {child.pid} is near its memory limit: {child.rss / MiB:.0f} MiB of "
-                               f"{w.max_child_rss_mb} MiB" + (f" (job {job['id']})" if job else ""))
             if job is not None:
                 allowed = job.get("timeout") or w.max_processing_time
                 if now - job["started"] > allowed:
@@ -528,7 +536,8 @@ class Supervisor:
         code = os.waitstatus_to_exitcode(status)
         if child.job and child.kill_reason is None:
             # died on its own mid-job: a segfault, the OOM killer, os._exit
-            logger.error(f"child {child.pid} died during job {child.job['id']}: {how}")
+            logger.bind(job=child.job["id"], attempt=child.job.get("attempt"), task=child.job.get("task")).error(
+                f"child {child.pid} died during job {child.job['id']}: {how}")
             self.settle(PendingOutcome(child.job["id"], int(child.job.get("attempt") or 1), child.worker_id,
                                        "crashed", f"the worker process died ({how})", "crashed"))
             self.emit("child_killed", child=child, reason="crashed")
@@ -671,20 +680,28 @@ class Supervisor:
             self.begin_stop()
 
     def memory_report(self, level: str = "INFO") -> None:
-        """One line: each child's pid, job and RSS, the pool total, and the system's memory."""
-        parts = [f"supervisor pid {self.pid} rss {_rss(self.pid) / MiB:.1f} MiB"]
-        total = 0
+        """One line: each child's pid, job and RSS, the pool total, and the system's memory.
+
+        The same numbers (bytes) are bound as `memory`: with logging.json the line is a structured event.
+        """
+        own = _rss(self.pid)
+        parts = [f"supervisor pid {self.pid} rss {own / MiB:.1f} MiB"]
+        children, total = [], 0
         for child in sorted(self.children.values(), key=lambda c: c.pid):
             rss = _rss(child.pid)
             total += rss
-            doing = f"job {child.job['id']}" if child.job else child.state
-            parts.append(f"child pid {child.pid} {doing} rss {rss / MiB:.1f} MiB")
+            job_id = child.job["id"] if child.job else None
+            parts.append(f"child pid {child.pid} {f'job {job_id}' if job_id else child.state} rss {rss / MiB:.1f} MiB")
+            children.append({"pid": child.pid, "state": child.state, "job": job_id, "rss": rss})
         vm = psutil.virtual_memory()
-        parts.append(f"pool total {total / MiB:.1f} MiB (limit {self.settings.worker.max_child_rss_mb} MiB per child)")
+        limit_mb = self.settings.worker.max_child_rss_mb
+        parts.append(f"pool total {total / MiB:.1f} MiB (limit {limit_mb} MiB per child)")
         parts.append(f"system available {vm.available / MiB / 1024:.2f} GiB of {vm.total / MiB / 1024:.2f} GiB "
                      f"({vm.percent:.1f}% used)")
-        logger.bind(memory={"children": {c.pid: c.rss for c in self.children.values()}, "pool_total": total,
-                            "available": vm.available, "percent": vm.percent}).log(level, "memory report: " + " | ".join(parts))
+        memory = {"supervisor": {"pid": self.pid, "rss": own}, "children": children, "pool_total": total,
+                  "limit_per_child": limit_mb * MiB,
+                  "system": {"available": vm.available, "total": vm.total, "percent": vm.percent}}
+        logger.bind(memory=memory).log(level, "memory report: " + " | ".join(parts))
 
     # --- stopping --------------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from loguru import logger
+
 from geoworker.errors import BadParams, InvalidInput, TransientError, UnknownTask
 
 
@@ -114,8 +116,11 @@ def _sleep(seconds: float, ctx: TaskContext) -> None:
 
 @task("debug.noop", debug=True)
 def debug_noop(ctx: TaskContext) -> TaskResult:
-    """Do nothing and succeed (queue throughput, wake-up latency)."""
-    return TaskResult(result={"pid": os.getpid()})
+    """Do nothing and succeed (queue throughput, wake-up latency); `lines` logs that many numbered lines."""
+    lines = int(_number(ctx.params, "lines", 0))  # the log-under-load test counts them
+    for n in range(1, lines + 1):
+        logger.info(f"debug.noop line {n} of {lines}")
+    return TaskResult(result={"pid": os.getpid(), "lines": lines})
 
 
 @task("debug.sleep", debug=True)
