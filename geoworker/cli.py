@@ -361,9 +361,10 @@ def cmd_stats(args) -> int:
           f"oldest ready {q['oldest_ready_age']:.1f} s")
     f = stats["finished"]
     print(f"last hour: {f['succeeded']} succeeded, {f['failed']} failed, {f['cancelled']} cancelled "
-          f"({stats['jobs_per_minute']:.2f} jobs/min)")
+          f"({stats['jobs_per_minute']:.2f} jobs/min succeeded)")
     for d in stats["durations"]:
-        print(f"duration:  {d['task_type']}: n={d['n']} p50={d['p50']:.3f}s p95={d['p95']:.3f}s max={d['max']:.3f}s")
+        p50, p95, top = (f"{d[k]:.3f}s" if d[k] is not None else "-" for k in ("p50", "p95", "max"))
+        print(f"duration:  {d['task_type']}: n={d['n']} p50={p50} p95={p95} max={top}")
     if stats["failure_reasons"]:
         print("failures:  " + "  ".join(f"{k} {v}" for k, v in stats["failure_reasons"].items()))
     print(f"workers:   {len(stats['workers'])} alive")
@@ -372,6 +373,18 @@ def cmd_stats(args) -> int:
         print(f"  {w['kind']:<10} {w['host']} pid {w['pid']:<7} rss {rss:>8}  done {w['jobs_done']:<5} "
               f"job {w['current_job'] or '-'}")
     return 0
+
+
+def cmd_health(args) -> int:
+    """Database, API, file system and dependencies; exit 0 when healthy, 1 otherwise."""
+    from geoworker import health
+
+    checks = health.run_checks(load(args))
+    if args.json:
+        _out(health.as_json(checks))
+    else:
+        print(health.render_text(checks))
+    return 0 if health.overall(checks)[0] else EXIT_ERROR
 
 
 def not_built(name: str, issue: str):
@@ -432,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="e.g. max_size=2048, stretch=minmax")
     p.add_argument("--json", action="store_true", help="print the result (metadata summary, timings) as JSON")
 
-    p = add("health", not_built("health", "the operations issue"), "check database, API, file system, dependencies")
+    p = add("health", cmd_health, "check database, API, file system, dependencies; exit 0 if healthy")
     p.add_argument("--json", action="store_true")
 
     p = add("config", cmd_config, "print the effective settings (secrets masked)")
