@@ -241,7 +241,8 @@ class SupervisorMetrics:
         if age > LOOP_STALE_AFTER:
             problems.append(f"supervisor loop stalled (last turn {age:.0f} s ago)")
         if not self.supervisor.db_ok:
-            problems.append("database unreachable")
+            http = self.supervisor.settings.queue.mode == "http"
+            problems.append("API unreachable (queue.mode = http)" if http else "database unreachable")
         return not problems, problems
 
     # --- HTTP ----------------------------------------------------------------------------------
@@ -257,7 +258,8 @@ class SupervisorMetrics:
         ok, problems = self.health()
         sup = self.supervisor
         if ok:
-            body = (f"ok: supervisor {sup.id}, {len(sup.children)} children, database reachable"
+            backend = "API" if sup.settings.queue.mode == "http" else "database"
+            body = (f"ok: supervisor {sup.id}, {len(sup.children)} children, {backend} reachable"
                     + (", stopping" if sup.stopping else ""))
             return 200, "text/plain; charset=utf-8", (body + "\n").encode()
         return 503, "text/plain; charset=utf-8", ("unhealthy: " + "; ".join(problems) + "\n").encode()

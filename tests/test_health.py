@@ -5,7 +5,11 @@ from __future__ import annotations
 import http.server
 import json
 import re
+import shutil
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +118,68 @@ def test_skipped_checks_do_not_make_it_unhealthy():
     assert health.overall(checks) == (False, "File_System: temp_dir /x: not writable")
     assert health.render_text(checks).splitlines()[-1] == \
         "❌ Overall Status: UNHEALTHY - File_System: temp_dir /x: not writable"
+
+
+# --- the start script and the deployment files that run the checks -------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_worker(env, *args: str) -> subprocess.CompletedProcess:
+    env = {**env, "GEOWORKER_BIN": str(Path(sys.executable).parent / "geoworker")}
+    return subprocess.run([str(ROOT / "start_worker.sh"), *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_start_worker_checks_migrates_and_execs_the_service(cli_env, tmp_path, fresh_db):
+    env = {**cli_env, "DATABASE_URL": fresh_db(), "GEOWORKER_WORKER_DEBUG_TASKS": "true"}
+    result = start_worker(env, "--drain")  # a new database: migrated before the health check
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "🎉 Overall Status: HEALTHY" in result.stdout
+    assert "applied schema.sql" in result.stdout and "drained" in result.stderr
+    steps = [line for line in result.stderr.splitlines() if line.startswith("start_worker: ")]
+    assert [s.split(": ", 1)[1].split(" ")[0] for s in steps] == ["checking", "applying", "checking", "starting:"]
+
+
+def test_start_worker_does_not_start_an_unhealthy_worker(cli_env, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    env = {**cli_env, "GEOWORKER_STORAGE_TEMP_DIR": str(tmp_path / "a-file" / "tmp")}
+    result = start_worker(env, "--drain")
+    assert result.returncode == 1
+    assert "❌ File_System" in result.stdout and "unhealthy: not starting" in result.stderr
+    assert "starting:" not in result.stderr
+    bad_config = start_worker({**cli_env, "POLL_INTERVAL": "-1"}, "--drain")
+    assert bad_config.returncode != 0 and "worker.poll_interval (from POLL_INTERVAL)" in bad_config.stderr
+
+
+def test_env_example_is_a_valid_env_file_with_secrets_empty(tmp_path):
+    from geoworker.config import load_settings
+
+    text = (ROOT / ".env.example").read_text()
+    (tmp_path / ".env").write_text(text)
+    settings = load_settings(environ={}, base_dir=tmp_path)
+    assert settings.database.dsn == "" and settings.api.worker_token == ""
+    for name in ("DATABASE_URL", "PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGSSLMODE", "PGSSL",
+                 "API_BASE_URL", "WORKER_AUTH_TOKEN", "WORKER_NAME", "POLL_INTERVAL", "HEARTBEAT_INTERVAL",
+                 "MAX_PROCESSING_TIME", "MAX_FILE_SIZE", "CONCURRENT_JOBS", "LOG_LEVEL", "TEMP_DIR"):
+        assert re.search(rf"^#? ?{name}=", text, re.MULTILINE), f"{name} is missing from .env.example"
+    assert "chmod 600" in text
+    # the PG* parts a user fills in are not hidden by anything else in the file
+    with_pg = load_settings(environ={"PGHOST": "db.internal", "PGUSER": "geo"}, base_dir=tmp_path)
+    assert "host=db.internal" in with_pg.database.dsn
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_the_systemd_unit_verifies(tmp_path):
+    unit = (ROOT / "deploy" / "geoworker.service").read_text()
+    for key in ("Type=simple", "KillMode=mixed", "Restart=on-failure", "MemoryMax=", "ExecStartPre="):
+        assert key in unit
+    stop = int(re.search(r"^TimeoutStopSec=(\d+)$", unit, re.MULTILINE).group(1))
+    assert stop > 60 + 5, "TimeoutStopSec must exceed worker.graceful_timeout and the kill grace"
+    # verify needs the commands to exist: point them at this checkout's geoworker
+    local = unit.replace("/opt/geoworker/.venv/bin/geoworker", str(Path(sys.executable).parent / "geoworker"))
+    (tmp_path / "geoworker.service").write_text(local)
+    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "geoworker.service")],
+                            capture_output=True, text=True, timeout=60)
+    problems = [line for line in (result.stdout + result.stderr).splitlines() if "geoworker.service" in line]
+    assert result.returncode == 0 and not problems, result.stdout + result.stderr
