@@ -64,7 +64,6 @@ class Child:
         self.jobs_done = 0
         self.current: Job | None = None
         self._ctl_lock = threading.Lock()
-        self._pinger: threading.Thread | None = None
         self._storage = None
         self._heartbeat_due = 0.0
 
@@ -116,8 +115,9 @@ class Child:
         os.dup2(self.log_fd, 1)
         self.worker_id = f"{self.prefix}{os.getpid()}"
         logs.setup_child_logging(2, self.settings.logging.level)
-        self._pinger = threading.Thread(target=self._ping_loop, name="ping", daemon=True)
-        self._pinger.start()
+        # two threads, so that a database call stuck in a reconnect never silences the pings
+        for target, name in ((self._ping_loop, "ping"), (self._heartbeat_loop, "heartbeat")):
+            threading.Thread(target=target, name=name, daemon=True).start()
 
     def boot(self) -> int:
         """Connect and subscribe; a child that cannot must not make the supervisor fork-loop."""
@@ -258,28 +258,35 @@ class Child:
     # --- the background thread: liveness for the supervisor, heartbeats for the database --------
 
     def _ping_loop(self) -> None:
-        """Ping the supervisor every second; heartbeat the running job every heartbeat_interval.
-
-        The heartbeat is a thread here rather than the supervisor's job, so that it proves
-        what the rest of the fleet needs to know: this very process is alive and scheduling.
-        A stopped or wedged child stops both, and is killed locally (silence) or rescued from
-        another host (stale heartbeat). It shares the child's one connection (under a lock).
-        """
+        """Tell the supervisor every second that this process is alive (no database involved)."""
         while True:
             time.sleep(PING_INTERVAL)
             if os.getppid() != self.parent_pid:
                 os._exit(CHILD_ABORTED)
             job = self.current
             self.send("ping", job=job.id if job else None)
-            if job is not None and time.monotonic() >= self._heartbeat_due:
-                self._heartbeat_due = time.monotonic() + self.settings.worker.heartbeat_interval
-                try:
-                    if not self.queue.heartbeat(job.id) and self.current is job:
-                        self._lost(job)
-                except DatabaseUnavailable as exc:
-                    logger.warning(f"heartbeat failed: {exc}")
-                except Exception:
-                    logger.exception("heartbeat failed")
+
+    def _heartbeat_loop(self) -> None:
+        """Heartbeat the running job every heartbeat_interval.
+
+        A thread here rather than the supervisor's job, so that it proves what the rest of the
+        fleet needs to know: this very process is alive and scheduling. A stopped or wedged
+        child stops both its pings and its heartbeats, and is killed locally (silence) or
+        rescued from another host (stale heartbeat). It shares the child's one connection.
+        """
+        while True:
+            time.sleep(min(PING_INTERVAL, self.settings.worker.heartbeat_interval))
+            job = self.current
+            if job is None or time.monotonic() < self._heartbeat_due:
+                continue
+            self._heartbeat_due = time.monotonic() + self.settings.worker.heartbeat_interval
+            try:
+                if not self.queue.heartbeat(job.id) and self.current is job:
+                    self._lost(job)
+            except DatabaseUnavailable as exc:
+                logger.warning(f"heartbeat failed: {exc}")
+            except Exception:
+                logger.exception("heartbeat failed")
 
     def _lost(self, job: Job) -> None:
         """Someone else decided this job (cancelled, rescued): ask the supervisor to stop us."""

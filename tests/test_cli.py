@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -116,7 +117,10 @@ def test_python_dash_m_and_console_script_are_the_same(env, tmp_path):
     import shutil
     import subprocess
 
-    script = shutil.which("geoworker")
+    import sys
+
+    # beside the interpreter: CI runs .venv/bin/python without activating the venv
+    script = shutil.which("geoworker", path=os.path.dirname(sys.executable)) or shutil.which("geoworker")
     assert script, "the console script is not installed"
     direct = subprocess.run([script, "--version"], capture_output=True, text=True, env=env)
     module = run_cli(["--version"], env)

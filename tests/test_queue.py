@@ -179,11 +179,26 @@ def test_a_live_worker_is_never_rescued_even_with_a_late_heartbeat(queue, sql):
     holder = other(queue, "host-a:1:alive")
     holder.register_worker(holder.worker_id, "child", 1)
     holder.claim()
+    holder.touch_workers([{"id": holder.worker_id, "rss": 1, "current_job": job.id, "jobs_done": 0}])
     sql("UPDATE geo_jobs SET heartbeat_at = now() - interval '10 minutes' WHERE id = %s", (job.id,))
     assert queue.requeue_stale(stale_after=60) == []
     # once its process is known to be gone, the same job is rescued at once
     holder.stop_workers([holder.worker_id])
     assert [j.id for j in queue.requeue_stale(stale_after=60)] == [job.id]
+    holder.close()
+
+
+def test_a_claim_its_live_worker_never_learned_of_is_rescued(queue, sql):
+    """The claim committed but the reply was lost: the worker is alive and idle, the job orphaned."""
+    job = queue.enqueue("debug.sleep")
+    holder = other(queue, "host-a:2:alive")
+    holder.register_worker(holder.worker_id, "child", 2)
+    holder.claim()
+    holder.touch_workers([{"id": holder.worker_id, "rss": 1, "current_job": None, "jobs_done": 3}])
+    assert queue.requeue_stale(stale_after=60) == [], "a fresh heartbeat is never rescued"
+    sql("UPDATE geo_jobs SET heartbeat_at = now() - interval '10 minutes' WHERE id = %s", (job.id,))
+    [rescued] = queue.requeue_stale(stale_after=60)
+    assert rescued.id == job.id and rescued.status == "queued"
     holder.close()
 
 

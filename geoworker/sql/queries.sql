@@ -143,14 +143,16 @@ WITH job AS (
 SELECT job.* FROM job LEFT JOIN wake ON true;
 
 -- name: find_stale_jobs
--- Running jobs whose heartbeat is older than stale_after and whose worker is not alive; locks them.
+-- Running jobs with a heartbeat older than stale_after whose worker is gone or not working on them; locks them.
+-- "Not working on it" catches a claim that committed while its reply was lost (a dropped connection):
+-- the worker lives on, but never learned it holds the job.
 SELECT j.id, j.attempts, j.max_attempts, j.locked_by, j.heartbeat_at
 FROM geo_jobs AS j
 WHERE j.status = 'running'
   AND j.heartbeat_at < now() - make_interval(secs => %(stale_after)s)
   AND NOT EXISTS (
       SELECT 1 FROM geo_workers AS w
-      WHERE w.id = j.locked_by AND w.stopped_at IS NULL
+      WHERE w.id = j.locked_by AND w.stopped_at IS NULL AND w.current_job = j.id
         AND w.last_seen > now() - make_interval(secs => %(stale_after)s))
 ORDER BY j.heartbeat_at
 LIMIT %(limit)s
