@@ -15,9 +15,10 @@ migrate(), and drops it at the end (also on error or Ctrl-C).
                   UPDATE ... SET status = 'done' WHERE status = 'running' AND locked_by = me; COMMIT;
                 no history rows.
      geoworker  JobQueue.claim() then JobQueue.complete(), as shipped: geoworker's SQL as a worker
-                runs it, including the event row each state change writes in the same statement.
-     prepared   the same, with every named query PREPAREd once per connection: a prototype of
-                the proposed fix, living in this script only (leave out with --no-prepared).
+                runs it (each named query PREPAREd once per connection), including the event row
+                each state change writes in the same statement.
+     unprepared the same with database.prepared_statements = false (PgBouncer in transaction
+                mode): what the preparation buys (leave out with --no-unprepared).
    --jobs jobs per variant, in one process and in --procs concurrent processes (spawned once,
    each with its own connections, started together behind a barrier for every slice; wall time
    from the barrier to the last finish). The jobs go in slices of --slice: the tables are
@@ -125,35 +126,6 @@ def checkpoint(conn) -> None:
 # --- 1. throughput -----------------------------------------------------------------------------
 
 
-class PreparedJobQueue(JobQueue):
-    """The proposed fix, prototyped here without touching jobs.py: every named query is
-    PREPAREd once per connection and then EXECUTEd, so PostgreSQL parses and plans
-    claim_next_job / complete_job once per process instead of once per call (psycopg 3
-    does the same on its own after prepare_threshold executions)."""
-
-    _PARAM = re.compile(r"%\((\w+)\)s")
-
-    def _run(self, name, params=None, cursor=None):
-        conn = cursor.connection if cursor is not None else self.conn
-        if getattr(self, "_prepared_for", None) is not conn:
-            self._prepared_for, self._queries = conn, dict(db.load_queries())
-        sql = self._queries[name]
-        if not sql.startswith("EXECUTE "):
-            names: list[str] = []
-
-            def positional(match):
-                if match.group(1) not in names:
-                    names.append(match.group(1))
-                return f"${names.index(match.group(1)) + 1}"
-
-            with conn.cursor() as cur:
-                cur.execute(f"PREPARE gw_{name} AS {self._PARAM.sub(positional, sql)}")
-            args = ", ".join(f"%({n})s" for n in names)
-            self._queries[name] = f"EXECUTE gw_{name}({args})" if names else f"EXECUTE gw_{name}"
-        return super()._run(name, params, cursor)
-
-
-
 def _worker(dsn: str, index: int, commands, barrier, results) -> None:
     """One consumer process, kept for the whole test: for each command, drain the queue of that kind.
 
@@ -163,9 +135,9 @@ def _worker(dsn: str, index: int, commands, barrier, results) -> None:
     steps = {}
 
     def make_step(kind: str):
-        if kind in ("geoworker", "prepared"):
-            cls = PreparedJobQueue if kind == "prepared" else JobQueue
-            queue = cls(dsn, worker_id=f"bench-{os.getpid()}-{index}", application_name="geoworker-bench")
+        if kind in ("geoworker", "unprepared"):
+            queue = JobQueue(dsn, worker_id=f"bench-{os.getpid()}-{index}", application_name="geoworker-bench",
+                             prepare=kind == "geoworker")
             queue.ping()
 
             def step() -> bool:
@@ -215,7 +187,7 @@ def _worker(dsn: str, index: int, commands, barrier, results) -> None:
 
 
 def fill(conn, dsn: str, kind: str, jobs: int) -> None:
-    if kind in ("geoworker", "prepared"):
+    if kind in ("geoworker", "unprepared"):
         queue = JobQueue(dsn, worker_id="bench-producer", application_name="geoworker-bench")
         try:
             for first in range(0, jobs, 1000):
@@ -521,9 +493,9 @@ def report(facts: dict, tput: list[dict], lat: list[dict], args) -> list[str]:
         lines.append("              UPDATE to done; COMMIT. Minimal table, same partial claim index; no history rows.")
         lines.append("  geoworker = JobQueue.claim() + JobQueue.complete() as shipped. Each also writes one")
         lines.append("              geo_job_events row (claimed, succeeded) in the same statement: the price of the history.")
-        if "prepared" in kinds:
-            lines.append("  prepared  = the same JobQueue and SQL, with each named query PREPAREd once per connection")
-            lines.append("              (a prototype of the proposed fix, in this script only).")
+        if "unprepared" in kinds:
+            lines.append("  unprepared = the same with database.prepared_statements = false (each call parsed and planned")
+            lines.append("              again, as behind PgBouncer in transaction mode).")
         lines.append("  jobs/s    = median over slices; x plain = median over slice groups of (variant / plain jobs/s")
         lines.append("              in the same group), IQR = its interquartile range.")
         lines.append("")
@@ -554,10 +526,10 @@ def report(facts: dict, tput: list[dict], lat: list[dict], args) -> list[str]:
         parts = ", ".join(f"{t['procs']} proc: {t['median']['geoworker']:.0f} vs {t['median']['plain']:.0f} jobs/s, "
                           f"ratio {t['ratio']['geoworker']:.2f}" for t in tput)
         lines.append(f"AIM throughput >= 0.67 x plain: {verdict} ({parts})")
-        if "prepared" in tput[0]["ratio"]:
-            parts = ", ".join(f"{t['procs']} proc: {t['median']['prepared']:.0f} jobs/s, ratio {t['ratio']['prepared']:.2f}"
-                              for t in tput)
-            lines.append(f"  with the proposed fix (prepared statements): {parts}")
+        if "unprepared" in tput[0]["ratio"]:
+            parts = ", ".join(f"{t['procs']} proc: {t['median']['unprepared']:.0f} jobs/s, "
+                              f"ratio {t['ratio']['unprepared']:.2f}" for t in tput)
+            lines.append(f"  without prepared statements (database.prepared_statements = false): {parts}")
     if lat:
         small, large = min(r["backlog"] for r in lat), max(r["backlog"] for r in lat)
         parts, ok = [], True
@@ -589,8 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=1000, help="small backlog")
     parser.add_argument("--large", type=int, default=1_000_000, help="large backlog")
     parser.add_argument("--churn", type=int, default=5000, help="claim+complete cycles before the churned row")
-    parser.add_argument("--no-prepared", action="store_true",
-                        help="leave out the prepared-statement variant of the throughput test")
+    parser.add_argument("--no-unprepared", action="store_true",
+                        help="leave out the variant without prepared statements")
     parser.add_argument("--skip", choices=("throughput", "latency"), action="append", default=[])
     parser.add_argument("--explain", action="store_true", help="print the claim's EXPLAIN ANALYZE for every row")
     parser.add_argument("--keep", action="store_true", help="do not drop the benchmark database")
@@ -614,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"benchmark database {name} on PostgreSQL {facts['server_version']}")
         tput = [] if "throughput" in args.skip else throughput(
             conn, dsn, args.jobs, args.slice, sorted({1, args.procs}),
-            ["plain", "geoworker"] + ([] if args.no_prepared else ["prepared"]), log)
+            ["plain", "geoworker"] + ([] if args.no_unprepared else ["unprepared"]), log)
         lat = [] if "latency" in args.skip else latency(
             conn, dsn, [args.small, args.large], args.claims, args.churn, args.warmup, facts["settings"], log)
         conn.close()

@@ -110,6 +110,7 @@ class DatabaseSettings:
         _one_of("", "disable", "allow", "prefer", "require", "verify-ca", "verify-full"), default=""
     )
     listen: bool = True
+    prepared_statements: bool = True
     embedded_dir: str = _opt(path=True, default="var/postgres")
     connect_timeout: float = _opt(_positive, default=10.0)
 

@@ -176,6 +176,26 @@ def load_queries() -> dict[str, str]:
     return queries
 
 
+_PARAM = re.compile(r"%\((\w+)\)s")
+
+
+@lru_cache(maxsize=None)
+def prepared_form(name: str) -> tuple[str, tuple[str, ...]]:
+    """A named query as positional SQL for PREPARE ($1..$n), and its parameter names in order."""
+    return positional(load_queries()[name])
+
+
+def positional(query: str) -> tuple[str, tuple[str, ...]]:
+    names: list[str] = []
+
+    def number(match: re.Match) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return _PARAM.sub(number, query), tuple(names)
+
+
 def _sql_text(name: str) -> str:
     return resources.files("geoworker.sql").joinpath(name).read_text(encoding="utf-8")
 

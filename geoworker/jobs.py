@@ -114,7 +114,8 @@ class JobQueue:
     """
 
     def __init__(self, dsn: str, worker_id: str = "cli", retry: RetryPolicy | None = None,
-                 application_name: str = "geoworker", connect_timeout: float = 10, sslmode: str = ""):
+                 application_name: str = "geoworker", connect_timeout: float = 10, sslmode: str = "",
+                 prepare: bool = True):
         self.dsn = dsn
         self.worker_id = worker_id
         self.retry = retry or RetryPolicy()
@@ -124,6 +125,10 @@ class JobQueue:
         self._conn = None
         self._queries = db.load_queries()
         self._channels: list[str] = []
+        # PgBouncer in transaction mode (before 1.21) cannot keep session-level prepared statements
+        self.prepare = prepare
+        self._prepared_on = None
+        self._prepared: set[str] = set()
         # a child's heartbeat thread shares this connection with its main thread
         self._lock = threading.RLock()
 
@@ -131,7 +136,7 @@ class JobQueue:
     def from_settings(cls, settings, worker_id: str = "cli", application_name: str = "geoworker") -> "JobQueue":
         return cls(db.resolve_dsn(settings), worker_id, RetryPolicy.from_settings(settings),
                    application_name=application_name, connect_timeout=settings.database.connect_timeout,
-                   sslmode=settings.database.sslmode)
+                   sslmode=settings.database.sslmode, prepare=settings.database.prepared_statements)
 
     # --- connection ---------------------------------------------------------------
 
@@ -162,15 +167,30 @@ class JobQueue:
         try:
             with self._lock, db.wrap_errors(f"query {name}"):
                 if cursor is not None:
-                    cursor.execute(self._queries[name], params or {})
-                    return list(cursor.fetchall()) if cursor.description else []
+                    return self._execute(cursor, name, params or {})
                 with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-                    cur.execute(self._queries[name], params or {})
-                    return list(cur.fetchall()) if cur.description else []
+                    return self._execute(cur, name, params or {})
         except Exception:
             if self._conn is not None and self._conn.closed:
                 self._conn = None
             raise
+
+    def _execute(self, cur, name: str, params: Mapping[str, Any]) -> list[dict]:
+        """Named queries are PREPAREd once per session: parsing and planning the claim and
+        complete CTEs cost more than running them (bench/queue_ops.py measured 0.60x of a
+        plain SKIP LOCKED loop without, about 0.8x with)."""
+        if not self.prepare:
+            cur.execute(self._queries[name], params)
+        else:
+            if cur.connection is not self._prepared_on:
+                self._prepared_on, self._prepared = cur.connection, set()
+            sql, names = db.prepared_form(name)
+            if name not in self._prepared:
+                cur.execute(f"PREPARE gw_{name} AS {sql}")
+                self._prepared.add(name)
+            args = ", ".join(["%s"] * len(names))
+            cur.execute(f"EXECUTE gw_{name}" + (f"({args})" if names else ""), [params[n] for n in names])
+        return list(cur.fetchall()) if cur.description else []
 
     def ping(self) -> None:
         with db.wrap_errors("ping"), self.conn.cursor() as cur:

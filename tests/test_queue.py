@@ -316,3 +316,14 @@ def test_lost_connection_is_reported_and_the_next_call_reconnects(queue, sql):
     with pytest.raises(DatabaseUnavailable):
         queue.claim()
     assert queue.claim() is not None
+
+
+def test_without_prepared_statements_for_pgbouncer(queue):
+    plain = JobQueue(queue.dsn, worker_id="pgbouncer-safe", prepare=False)
+    job = plain.enqueue("debug.noop", {"n": 1})
+    assert plain.claim().id == job.id
+    assert plain.complete(job.id).status == "succeeded"
+    with plain.conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_prepared_statements")
+        assert cur.fetchone()[0] == 0
+    plain.close()

@@ -81,18 +81,5 @@ def test_every_named_query_has_a_description_and_parses(dsn):
     with conn.cursor() as cur:
         for name, query in db.load_queries().items():
             # PREPARE parses and plans the statement without running it
-            cur.execute(f"PREPARE q_{name} AS " + _positional(query))
+            cur.execute(f"PREPARE q_{name} AS " + db.positional(query)[0])
     conn.close()
-
-
-def _positional(query: str) -> str:
-    import re
-
-    names: list[str] = []
-
-    def sub(match):
-        if match.group(1) not in names:
-            names.append(match.group(1))
-        return f"${names.index(match.group(1)) + 1}"
-
-    return re.sub(r"%\((\w+)\)s", sub, query)
