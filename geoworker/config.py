@@ -362,7 +362,7 @@ def _apply_special_env(env: Mapping[str, str], values: dict[str, dict[str, Any]]
             raise ConfigError(f"PGSSL: must be true/false or require/disable, got {env['PGSSL']!r}")
     # PG* pieces override the matching parts of the configured DSN
     pieces = {param: env[name] for name, param in PG_ENV.items() if env.get(name)}
-    if pieces and "DATABASE_URL" not in env:
+    if pieces and not env.get("DATABASE_URL"):
         base_dsn = values["database"].get("dsn", ("", ""))[0]
         values["database"]["dsn"] = (_merge_dsn(str(base_dsn), pieces), "+".join(k for k in PG_ENV if env.get(k)))
     scan = env.get("SCAN_FOR_MALWARE", "").strip().lower()

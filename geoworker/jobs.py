@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Mapping, Sequence
 
+import psycopg2.errors
 import psycopg2.extras
 
 from geoworker import db
@@ -169,7 +170,16 @@ class JobQueue:
                 if cursor is not None:
                     return self._execute(cursor, name, params or {})
                 with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-                    return self._execute(cur, name, params or {})
+                    try:
+                        return self._execute(cur, name, params or {})
+                    except psycopg2.errors.FeatureNotSupported:
+                        # "cached plan must not change result type": a migration altered a
+                        # table under our prepared statements; prepare them again, once
+                        if not self.prepare:
+                            raise
+                        cur.execute("DEALLOCATE ALL")
+                        self._prepared = set()
+                        return self._execute(cur, name, params or {})
         except Exception:
             if self._conn is not None and self._conn.closed:
                 self._conn = None

@@ -179,3 +179,9 @@ def test_cli_config_masks_secrets_and_check_reports_errors(tmp_path):
 
     run_bad = run_cli(["list"], env={**env, "CONCURRENT_JOBS": "many"}, cwd=tmp_path)
     assert run_bad.returncode == 2 and "worker.concurrency" in run_bad.stderr and "Traceback" not in run_bad.stderr
+
+
+def test_an_empty_database_url_does_not_hide_the_pg_variables(tmp_path):
+    settings = load_settings(environ={"DATABASE_URL": "", "PGHOST": "db.internal", "PGDATABASE": "geo"},
+                             base_dir=tmp_path)
+    assert "host=db.internal" in settings.database.dsn and "dbname=geo" in settings.database.dsn

@@ -327,3 +327,13 @@ def test_without_prepared_statements_for_pgbouncer(queue):
         cur.execute("SELECT count(*) FROM pg_prepared_statements")
         assert cur.fetchone()[0] == 0
     plain.close()
+
+
+def test_prepared_statements_survive_a_migration_that_alters_the_table(queue, sql):
+    queue.enqueue("debug.noop")
+    queue.enqueue("debug.noop")
+    queue.complete(queue.claim().id)
+    sql("ALTER TABLE geo_jobs ADD COLUMN added_by_a_later_migration integer")
+    job = queue.claim()
+    assert job is not None and job.status == "running"
+    assert queue.complete(job.id).status == "succeeded"
