@@ -242,6 +242,11 @@ class JobQueue:
         rows = self._run("claim_next_job", {"worker": self.worker_id})
         return Job.from_row(rows[0]) if rows else None
 
+    def held_job(self, worker_id: str | None = None) -> Job | None:
+        """The running job `worker_id` (default: this worker) holds, or None."""
+        rows = self._run("held_job", {"worker": worker_id or self.worker_id})
+        return Job.from_row(rows[0]) if rows else None
+
     def heartbeat(self, job_id: str) -> bool:
         """True while this worker still holds the job."""
         return bool(self._run("heartbeat", {"id": job_id, "worker": self.worker_id}))
@@ -385,8 +390,10 @@ class JobQueue:
 
     # --- processes ----------------------------------------------------------------------
 
-    def register_worker(self, worker_id: str, kind: str, pid: int, parent_id: str | None = None) -> None:
-        self._run("register_worker", {"id": worker_id, "host": db.hostname(), "pid": pid, "kind": kind,
+    def register_worker(self, worker_id: str, kind: str, pid: int, parent_id: str | None = None,
+                        host: str | None = None) -> None:
+        """Announce a process; host defaults to this one (the API passes a remote worker's own)."""
+        self._run("register_worker", {"id": worker_id, "host": host or db.hostname(), "pid": pid, "kind": kind,
                                       "parent_id": parent_id})
 
     def touch_workers(self, workers: Iterable[Mapping[str, Any]]) -> None:

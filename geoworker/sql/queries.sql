@@ -142,6 +142,13 @@ WITH job AS (
 )
 SELECT job.* FROM job LEFT JOIN wake ON true;
 
+-- name: held_job
+-- The running job a worker holds, if any: the API hands it over again when a claim's answer was lost.
+SELECT * FROM geo_jobs
+WHERE status = 'running' AND locked_by = %(worker)s
+ORDER BY started_at
+LIMIT 1;
+
 -- name: find_stale_jobs
 -- Running jobs with a heartbeat older than stale_after whose worker is gone or not working on them; locks them.
 -- "Not working on it" catches a claim that committed while its reply was lost (a dropped connection):
