@@ -387,6 +387,15 @@ def cmd_health(args) -> int:
     return 0 if health.overall(checks)[0] else EXIT_ERROR
 
 
+def cmd_api(args) -> int:
+    """The HTTP API in the foreground (uvicorn), until TERM/INT."""
+    from geoworker.api import serve
+
+    if args.port is not None and not 0 < args.port < 65536:
+        raise UsageError("--port must be between 1 and 65535")
+    return serve(load(args), host=args.host, port=args.port)
+
+
 def not_built(name: str, issue: str):
     def command(args) -> int:
         _err(f"`geoworker {name}` is not built yet ({issue})")
@@ -455,7 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("stats", cmd_stats, "counts, throughput, durations, failures, workers")
     p.add_argument("--json", action="store_true")
 
-    add("api", not_built("api", "the HTTP API issue"), "run the HTTP API server")
+    p = add("api", cmd_api, "run the HTTP API server (api.host:api.port)")
+    p.add_argument("--host", help="address to listen on (default: api.host)")
+    p.add_argument("--port", type=int, help="port to listen on (default: api.port)")
     p = add("demo", cmd_demo, "make a sample GeoTIFF, run it through the queue, show the outputs")
     p.add_argument("--keep-going", action="store_true", help="leave the service running afterwards (Ctrl-C stops)")
     return parser

@@ -1,0 +1,245 @@
+"""What the API process holds between requests: database connections, a NOTIFY listener, the reaper.
+
+Requests run in a thread pool; each borrows a JobQueue (one connection each) from a small
+pool for the length of the request, with its identity (the actor written to events, or
+the worker's lock id) set for that request. The listener thread turns NOTIFY into wake-ups
+for long-polling claims; the reaper thread rescues stale jobs, because remote workers
+(queue.mode = "http") cannot: the API is the only part of their fleet with the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue as stdqueue
+import threading
+import time
+from typing import Any, Iterator
+
+from loguru import logger
+
+from geoworker import db
+from geoworker.errors import ConfigError, DatabaseUnavailable
+from geoworker.jobs import JobQueue, RetryPolicy
+
+POOL_SIZE = 8  # connections; requests beyond that wait for one (the thread pool has 40 threads)
+POOL_WAIT = 10.0  # seconds a request waits for a connection before answering 503
+FORGET_EVERY = 3600.0
+
+
+class QueuePool:
+    """JobQueues lent to one request at a time; at most `size` exist."""
+
+    def __init__(self, settings, dsn: str, size: int = POOL_SIZE):
+        self.settings = settings
+        self.dsn = dsn
+        self._idle: stdqueue.LifoQueue[JobQueue] = stdqueue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(size)
+
+    def _new(self) -> JobQueue:
+        s = self.settings
+        return JobQueue(self.dsn, worker_id="api", retry=RetryPolicy.from_settings(s),
+                        application_name=f"geoworker-api-{os.getpid()}",
+                        connect_timeout=s.database.connect_timeout, sslmode=s.database.sslmode,
+                        prepare=s.database.prepared_statements)
+
+    @contextlib.contextmanager
+    def lease(self, actor: str) -> Iterator[JobQueue]:
+        """A queue acting as `actor` (written to events and, for workers, to locked_by)."""
+        if not self._slots.acquire(timeout=POOL_WAIT):
+            raise DatabaseUnavailable(f"no database connection free within {POOL_WAIT:g} s")
+        try:
+            try:
+                queue = self._idle.get_nowait()
+            except stdqueue.Empty:
+                queue = self._new()
+            queue.worker_id = actor
+            try:
+                yield queue
+            finally:
+                self._idle.put(queue)
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except stdqueue.Empty:
+                return
+
+
+class Notifier:
+    """A thread LISTENing for new claimable jobs; long-polling claims await its wake-ups."""
+
+    def __init__(self, settings, dsn: str):
+        self.settings = settings
+        self.dsn = dsn
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._event = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name="api-listen", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def current(self) -> asyncio.Event | None:
+        """The event the next wake-up sets: take it *before* trying to claim, so none is missed."""
+        return self._event
+
+    async def wait(self, event: asyncio.Event | None, timeout: float) -> None:
+        if event is None:
+            await asyncio.sleep(timeout)
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    def _fire(self) -> None:  # on the event loop
+        old, self._event = self._event, asyncio.Event()
+        if old is not None:
+            old.set()
+
+    def _run(self) -> None:
+        s = self.settings
+        queue = JobQueue(self.dsn, worker_id="api-listen", application_name=f"geoworker-api-listen-{os.getpid()}",
+                         connect_timeout=s.database.connect_timeout, sslmode=s.database.sslmode,
+                         prepare=s.database.prepared_statements)
+        backoff = db.Backoff(first=1.0, cap=30.0)
+        listening = False
+        while not self._stop.is_set():
+            try:
+                if not listening:  # once: after a reconnect the queue subscribes again by itself
+                    queue.listen()
+                    listening = True
+                notes = queue.wait(1.0)
+                backoff.reset()
+            except DatabaseUnavailable as exc:
+                delay = backoff.next_delay()
+                logger.warning(f"job notifications unavailable, retrying in {delay:.0f} s: {exc}")
+                self._stop.wait(delay)
+                continue
+            if notes and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._fire)
+        queue.close()
+
+
+class Reaper:
+    """Rescue stale running jobs every few seconds (any host's, remote workers' included)."""
+
+    def __init__(self, settings, dsn: str):
+        self.settings = settings
+        self.dsn = dsn
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="api-reaper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    @property
+    def interval(self) -> float:
+        # as often as the supervisors' own reapers look
+        return max(1.0, min(10.0, self.settings.worker.stale_after / 4))
+
+    def _run(self) -> None:
+        s = self.settings
+        queue = JobQueue(self.dsn, worker_id=f"api-reaper:{db.hostname()}:{os.getpid()}",
+                         retry=RetryPolicy.from_settings(s), application_name=f"geoworker-api-reaper-{os.getpid()}",
+                         connect_timeout=s.database.connect_timeout, sslmode=s.database.sslmode,
+                         prepare=s.database.prepared_statements)
+        forget_at = time.monotonic() + 60
+        warned = False
+        while not self._stop.wait(self.interval):
+            try:
+                for job in queue.requeue_stale(s.worker.stale_after):
+                    logger.warning(f"rescued job {job.id} from a worker that is gone: now {job.status}"
+                                   + (f" ({job.last_error})" if job.last_error else ""))
+                if time.monotonic() >= forget_at:
+                    forget_at = time.monotonic() + FORGET_EVERY
+                    queue.forget_workers(older_than=7 * 86400)
+                warned = False
+            except DatabaseUnavailable as exc:
+                if not warned:
+                    logger.error(f"stale-job reaper: database unavailable, will keep trying: {exc}")
+                    warned = True
+            except Exception:
+                logger.exception("stale-job reaper failed")
+        queue.close()
+
+
+class ApiState:
+    """Everything a request handler reaches through `request.app.state.api`."""
+
+    def __init__(self, settings, dsn: str | None = None):
+        self.settings = settings
+        self.dsn = dsn if dsn is not None else db.resolve_dsn(settings)
+        self.pool = QueuePool(settings, self.dsn)
+        self.notifier = Notifier(settings, self.dsn)
+        self.reaper = Reaper(settings, self.dsn)
+        # jobs with an upload streaming in; touched on the event loop only (see api.files)
+        self.uploading: set[str] = set()
+        self._backend: Any = None
+        self._backend_guard = threading.Lock()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.check_database()
+        self.notifier.start(loop)
+        self.reaper.start()
+
+    def stop(self) -> None:
+        self.notifier.stop()
+        self.reaper.stop()
+        self.pool.close()
+        if self._backend is not None:
+            self._backend.close()
+
+    def check_database(self) -> None:
+        """At start: keep an embedded database current, refuse an old schema, tolerate an outage."""
+        try:
+            with self.pool.lease("api") as queue:
+                if not self.settings.database.dsn:
+                    db.migrate(queue.conn)  # our private server: nothing to coordinate
+                db.require_schema(queue.conn)
+        except DatabaseUnavailable as exc:
+            logger.error(f"database unavailable at start; /health says so until it is back: {exc}")
+
+    def health(self) -> dict[str, Any]:
+        """Is the database reachable, and is its schema the one this code needs?"""
+        checks: dict[str, Any] = {}
+        try:
+            with self.pool.lease("api-health") as queue:
+                version = db.schema_version(queue.conn)
+            checks["database"] = {"ok": True, "message": "database connection successful"}
+            expected = db.latest_version()
+            current = version is not None and version >= expected
+            checks["schema"] = {"ok": current, "version": version, "expected": expected,
+                                "message": "schema is current" if current else "run `geoworker migrate`"}
+        except DatabaseUnavailable:
+            checks["database"] = {"ok": False, "message": "database unavailable"}
+            checks["schema"] = {"ok": False, "message": "unknown: the database is unavailable"}
+        except ConfigError as exc:
+            checks["database"] = {"ok": False, "message": str(exc)}
+        return checks
+
+    def backend(self):
+        """The storage backend, opened once (boto3 clients are thread-safe; the local one is stateless)."""
+        with self._backend_guard:
+            if self._backend is None:
+                from geoworker.storage import open_backend
+
+                self._backend = open_backend(self.settings)
+            return self._backend

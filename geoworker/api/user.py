@@ -1,0 +1,250 @@
+"""The platform's user routes: create a job, get an upload URL, follow it, download its outputs.
+
+Every route takes `Authorization: Bearer <JWT>`; a user sees only jobs whose owner is
+their `sub`, and anyone else's job answers 404 exactly as a job that does not exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from geoworker.api.auth import current_user
+from geoworker.api.errors import ApiError, check_json
+from geoworker.api.schemas import CreateJob, Downloads, EventList, JobList, JobView, UploadGrant, UploadRequest
+from geoworker.api.state import ApiState
+from geoworker.api.views import output_name, user_job
+from geoworker.api.wire import camel
+from geoworker.errors import BadParams, InvalidInput, UnknownTask
+from geoworker.jobs import Job, Status
+
+router = APIRouter(prefix="/api/geo-jobs", tags=["jobs"])
+UPLOAD_PREFIX = "/api/uploads"
+FILES_PREFIX = "/api/files"
+# what a user may set; max_file_size and validate_headers are the operator's, not the user's
+_EXTRA_PARAMS = {"timeout", "presign_urls"}
+_OPERATOR_ONLY = {"max_file_size", "validate_headers"}
+AUTH_ERRORS = {401: {"description": "no, expired or invalid token"}}
+NOT_FOUND = {404: {"description": "no such job (or not yours)"}}
+
+
+def api_state(request: Request) -> ApiState:
+    return request.app.state.api
+
+
+def _user_params() -> set[str]:
+    from geoworker.processing import Options
+
+    return {f.name for f in fields(Options)} - _OPERATOR_ONLY | _EXTRA_PARAMS
+
+
+def validated_params(task, payload: Mapping[str, Any], settings) -> dict[str, Any]:
+    """inputPayload checked key by key, so a 422 names the very key that is wrong.
+
+    Raster tasks take the pipeline's parameters (camelCase or snake_case; stored snake_case);
+    debug tasks take anything (they check their own at run time).
+    """
+    check_json(payload, "inputPayload")
+    if task.debug:
+        return dict(payload)
+    from geoworker.processing.options import _normalise_key as normalise  # the pipeline's own rule
+    from geoworker.raster_tasks import options_for
+
+    known = _user_params()
+    params: dict[str, Any] = {}
+    for key, value in payload.items():
+        name, field = normalise(key), f"inputPayload.{key}"
+        if name not in known:
+            raise ApiError(422, f"{field}: unknown parameter (known: {', '.join(sorted(camel(k) for k in known))})",
+                           field=field)
+        if name in params:
+            raise ApiError(422, f"{field}: given twice (camelCase and snake_case)", field=field)
+        if name == "timeout":
+            _check_timeout(value, field, settings.worker.max_processing_time)
+        elif name == "presign_urls":
+            if not isinstance(value, bool):
+                raise ApiError(422, f"{field}: must be true or false", field=field)
+        else:
+            try:
+                options_for(settings, {name: value})
+            except BadParams as exc:
+                raise ApiError(422, f"{field}: {exc}", field=field) from None
+        params[name] = value
+    try:
+        options_for(settings, params)  # combinations, should any rule span keys
+    except BadParams as exc:
+        raise ApiError(422, f"inputPayload: {exc}", field="inputPayload") from None
+    return params
+
+
+def _check_timeout(value: Any, field: str, limit: float) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not 0 < value <= limit:
+        raise ApiError(422, f"{field}: must be a number of seconds above 0 and at most {limit:g} "
+                            "(worker.max_processing_time)", field=field)
+
+
+def own_job(state: ApiState, job_id: str, owner: str) -> Job:
+    with state.pool.lease(f"user:{owner}") as queue:
+        return queue.get(job_id, owner=owner)
+
+
+def base_url(request: Request, state: ApiState) -> str:
+    """Where clients reach this API: api.base_url when set (behind a proxy), else what they called."""
+    return (state.settings.api.base_url or str(request.base_url)).rstrip("/")
+
+
+def expires_at(seconds: float) -> tuple[int, str]:
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    when = now + dt.timedelta(seconds=int(seconds))
+    return int(seconds), when.isoformat().replace("+00:00", "Z")
+
+
+# --- routes ----------------------------------------------------------------------------
+
+
+@router.post("", status_code=201, response_model=JobView, summary="Create a job",
+             responses={**AUTH_ERRORS, 422: {"description": "unknown task type, bad parameter or wrong type"}})
+def create_job(body: CreateJob, request: Request, response: Response, owner: str = Depends(current_user)):
+    """A job in status `pending` (waiting for its input upload); tasks without input are `queued` at once."""
+    state = api_state(request)
+    from geoworker import tasks
+
+    try:
+        task = tasks.get(body.taskType, state.settings)
+    except UnknownTask as exc:
+        raise ApiError(422, f"taskType: {exc}", field="taskType") from None
+    params = validated_params(task, body.inputPayload, state.settings)
+    status = Status.PENDING if task.needs_input else Status.QUEUED
+    with state.pool.lease(f"user:{owner}") as queue:
+        job = queue.enqueue(task.name, params, priority=body.priority, owner=owner, status=status,
+                            max_attempts=state.settings.retry.max_attempts)
+    response.headers["Location"] = f"/api/geo-jobs/{job.id}"
+    return user_job(job)
+
+
+@router.get("", response_model=JobList, summary="List my jobs", responses=AUTH_ERRORS)
+def list_jobs(request: Request, owner: str = Depends(current_user),
+              status: Optional[Literal[tuple(s.value for s in Status)]] = None,  # type: ignore[valid-type]
+              limit: int = Query(50, ge=1, le=500)):
+    state = api_state(request)
+    with state.pool.lease(f"user:{owner}") as queue:
+        jobs = queue.list(status=status, limit=limit, owner=owner)
+    return {"jobs": [user_job(j) for j in jobs]}
+
+
+@router.get("/{job_id}", response_model=JobView, summary="Get a job", responses={**AUTH_ERRORS, **NOT_FOUND})
+def get_job(job_id: str, request: Request, owner: str = Depends(current_user)):
+    """Status, progress, attempts, error and outputs."""
+    return user_job(own_job(api_state(request), job_id, owner))
+
+
+@router.get("/{job_id}/events", response_model=EventList, summary="A job's history",
+            responses={**AUTH_ERRORS, **NOT_FOUND})
+def job_events(job_id: str, request: Request, owner: str = Depends(current_user)):
+    state = api_state(request)
+    with state.pool.lease(f"user:{owner}") as queue:
+        events = queue.events(job_id, owner=owner)
+    return {"jobId": job_id, "events": events}
+
+
+@router.post("/{job_id}/cancel", response_model=JobView, summary="Cancel a job",
+             responses={**AUTH_ERRORS, **NOT_FOUND, 409: {"description": "the job has already finished"}})
+def cancel_job(job_id: str, request: Request, owner: str = Depends(current_user)):
+    """A pending or queued job is cancelled at once; a running one is stopped by its worker's supervisor."""
+    state = api_state(request)
+    with state.pool.lease(f"user:{owner}") as queue:
+        return user_job(queue.cancel(job_id, reason=f"cancelled by {owner}", owner=owner))
+
+
+@router.post("/{job_id}/upload", response_model=UploadGrant, summary="Get a signed upload URL",
+             responses={**AUTH_ERRORS, **NOT_FOUND, 409: {"description": "the job is not waiting for its input"},
+                        422: {"description": "bad fileName, fileSize or fileType"}})
+def upload_url(job_id: str, body: UploadRequest, request: Request, owner: str = Depends(current_user)):
+    """A URL to PUT the input to: signed, expiring, for this job, this name and exactly this size."""
+    from geoworker.storage import safe_filename
+    from geoworker.storage.checks import check_content_type
+    from geoworker.storage.signing import sign_path
+
+    state = api_state(request)
+    settings = state.settings
+    job = own_job(state, job_id, owner)
+    if job.status != Status.PENDING.value:
+        raise ApiError(409, f"job {job.id} is {job.status}, not waiting for its input", code="invalid_state")
+    if settings.storage.backend == "http":
+        raise ApiError(409, "this API's storage.backend is \"http\": inputs come from the platform's own signed "
+                            "URLs, not uploads", code="unsupported")
+    limit = settings.storage.max_file_size
+    if body.fileSize > limit:
+        raise ApiError(422, f"fileSize: {body.fileSize} bytes is more than this service accepts "
+                            f"({limit} bytes, storage.max_file_size)", field="fileSize", code="too_large")
+    if settings.storage.validate_headers:
+        try:
+            check_content_type(body.fileType, source="fileType")
+        except InvalidInput as exc:
+            raise ApiError(422, f"fileType: {exc}", field="fileType") from None
+    name = safe_filename(body.fileName)
+    seconds, when = expires_at(settings.storage.presign_expiry)
+    signed = sign_path(settings.api.signing_secret, "PUT", f"{UPLOAD_PREFIX}/{job.id}/{name}", seconds,
+                       size=body.fileSize)
+    return {"uploadUrl": base_url(request, state) + signed, "expiresAt": when, "method": "PUT",
+            "maxSize": body.fileSize}
+
+
+@router.get("/{job_id}/download/output", response_model=Downloads, summary="Signed download URLs of the outputs",
+            responses={**AUTH_ERRORS, **NOT_FOUND, 409: {"description": "the job has not succeeded"}})
+def download_outputs(job_id: str, request: Request, owner: str = Depends(current_user)):
+    """Every output: served by this API (local storage) or presigned (s3), valid storage.presign_expiry s."""
+    state = api_state(request)
+    job = own_job(state, job_id, owner)
+    if job.status != Status.SUCCEEDED.value:
+        raise ApiError(409, f"job {job.id} is {job.status}; its outputs are ready once it has succeeded",
+                       code="invalid_state")
+    seconds, when = expires_at(state.settings.storage.presign_expiry)
+    result = job.result if isinstance(job.result, dict) else {}
+    checksums = (result.get("sha256") or {}).get("outputs") or {}
+    files = [_download(state, request, job, str(kind), ref, seconds, checksums.get(kind))
+             for kind, ref in (job.outputs or {}).items()]
+    return {"jobId": job.id, "expiresAt": when, "files": files}
+
+
+def _download(state: ApiState, request: Request, job: Job, kind: str, ref: Any, seconds: int,
+              sha256: str | None) -> dict[str, Any]:
+    from geoworker.storage.s3 import content_type_for
+    from geoworker.storage.signing import sign_path
+
+    text = str(ref)
+    name = output_name(text)
+    item: dict[str, Any] = {"kind": kind, "fileName": name, "url": None, "size": None, "sha256": sha256,
+                            "contentType": content_type_for(Path(name))}
+    if text.startswith("s3://"):
+        if state.settings.storage.backend == "s3":
+            item["url"] = state.backend().presign(text)
+    elif "://" not in text:
+        path = local_output(state, job.id, name)
+        if path is not None:
+            item["size"] = path.stat().st_size
+            item["url"] = base_url(request, state) + sign_path(
+                state.settings.api.signing_secret, "GET", f"{FILES_PREFIX}/{job.id}/{name}", seconds)
+    # an http:// reference is the platform's own storage: it has its own way to hand it out
+    return item
+
+
+def local_output(state: ApiState, job_id: str, name: str) -> Path | None:
+    """The output file `name` of a job on the local backend, or None if there is none."""
+    from geoworker.storage import safe_filename
+    from geoworker.storage.names import checked_job_id
+
+    try:
+        job_dir = checked_job_id(job_id)
+    except ValueError:
+        return None
+    if not name or safe_filename(name, default="") != name:
+        return None
+    path = Path(state.settings.storage.root) / "jobs" / job_dir / "output" / name
+    return path if path.is_file() else None
