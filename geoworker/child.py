@@ -27,7 +27,8 @@ from loguru import logger
 
 from geoworker import db, logs, tasks
 from geoworker.errors import DatabaseUnavailable, GeoworkerError, LockLost, describe
-from geoworker.jobs import Job, JobQueue, RetryPolicy
+from geoworker.jobs import Job, JobQueue
+from geoworker.remote import make_queue
 
 CHILD_OK = 0
 CHILD_CRASHED = 1
@@ -122,9 +123,8 @@ class Child:
     def boot(self) -> int:
         """Connect and subscribe; a child that cannot must not make the supervisor fork-loop."""
         s = self.settings
-        self.queue = JobQueue(self.dsn, worker_id=self.worker_id, retry=RetryPolicy.from_settings(s),
-                              application_name=f"geoworker-child-{os.getpid()}",
-                              connect_timeout=s.database.connect_timeout, sslmode=s.database.sslmode)
+        # JobQueue on the database, or HttpJobQueue on the API (queue.mode = "http")
+        self.queue = make_queue(s, self.worker_id, f"geoworker-child-{os.getpid()}", dsn=self.dsn)
         try:
             self.queue.ping()
             if s.database.listen:

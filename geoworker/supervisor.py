@@ -27,9 +27,10 @@ from loguru import logger
 
 from geoworker import db, logs
 from geoworker.child import CHILD_ABORTED, CHILD_BOOT_ERROR, GRACEFUL_SIGNAL, Child
-from geoworker.config import load_settings, mask_dsn
+from geoworker.config import load_settings, mask_dsn, strip_url_secrets
 from geoworker.errors import ConfigError, DatabaseUnavailable, JobNotFound, LockLost
-from geoworker.jobs import JobQueue, RetryPolicy
+from geoworker.jobs import JobQueue
+from geoworker.remote import make_queue
 
 TICK = 1.0  # the longest the loop sleeps
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for an offender
@@ -131,29 +132,33 @@ class Supervisor:
 
     def start(self) -> None:
         self.install_signals()
-        self.dsn = db.resolve_dsn(self.settings)
+        remote = self.settings.queue.mode == "http"
+        # http mode never resolves the DSN: no embedded server starts, nothing touches the database
+        self.dsn = "" if remote else db.resolve_dsn(self.settings)
         self.queue = self._new_queue()
         self.connect_until_ready()
         self.sweep_workdirs()
-        logger.info(f"supervisor {self.id} started: {self.concurrency} children, database "
-                    f"{mask_dsn(self.dsn)}, config {self.settings.config_path or '(defaults)'}"
+        where = f"API {strip_url_secrets(self.settings.api.base_url)}" if remote else f"database {mask_dsn(self.dsn)}"
+        logger.info(f"supervisor {self.id} started: {self.concurrency} children, {where}, "
+                    f"config {self.settings.config_path or '(defaults)'}"
                     + (", draining" if self.drain else ""))
         self.emit("started")
 
     def _new_queue(self) -> JobQueue:
-        s = self.settings
-        return JobQueue(self.dsn, worker_id=self.id, retry=RetryPolicy.from_settings(s),
-                        application_name=f"geoworker-supervisor-{self.pid}",
-                        connect_timeout=s.database.connect_timeout, sslmode=s.database.sslmode)
+        # JobQueue on the database, or HttpJobQueue on the API (queue.mode = "http")
+        return make_queue(self.settings, self.id, f"geoworker-supervisor-{self.pid}", dsn=self.dsn)
 
     def connect_until_ready(self) -> None:
         """Wait for the database (backing off, logging why) and check the schema once."""
         backoff = db.Backoff(first=1.0, cap=30.0)
         while True:
             try:
-                if not self.settings.database.dsn:
-                    db.migrate(self.queue.conn)  # the embedded server is ours to keep current
-                db.require_schema(self.queue.conn)
+                if self.settings.queue.mode == "http":
+                    self.queue.check()  # the API owns the schema; a refused token stops us (ConfigError)
+                else:
+                    if not self.settings.database.dsn:
+                        db.migrate(self.queue.conn)  # the embedded server is ours to keep current
+                    db.require_schema(self.queue.conn)
                 self.queue.register_worker(self.id, "supervisor", self.pid)
                 if self.settings.database.listen:
                     self.queue.listen(db.CANCEL_CHANNEL)
