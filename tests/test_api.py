@@ -380,3 +380,13 @@ def test_openapi_document_is_served_and_health_reports_the_schema(shared_api):
     health = requests.get(api.url("/health"), timeout=10)
     assert health.status_code == 200
     assert health.json()["checks"]["schema"]["ok"] is True and health.json()["status"] == "healthy"
+
+
+def test_the_api_will_not_start_without_its_secrets(cli_env):
+    from conftest import run_cli
+
+    result = run_cli(["api"], cli_env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "configuration error: api.jwt_secret: required" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli(["api"], {**cli_env, "GEOWORKER_API_JWT_SECRET": JWT_SECRET}, timeout=60)
+    assert result.returncode == 2 and "api.signing_secret" in result.stderr, result.stderr
