@@ -59,6 +59,7 @@ class ChildHandle:
     killed: bool = False
     jobs_done: int = 0
     rss: int = 0
+    rss_due: float = 0.0  # when murder_children next samples rss
     warned_memory: bool = False
     boot_error: str | None = None
 
@@ -486,7 +487,8 @@ class Supervisor:
                     _signal(child.pid, signal.SIGKILL)
                     child.killed = True
                 continue
-            child.rss = _rss(child.pid)
+            if now >= child.rss_due:  # psutil reads /proc (~0.1 ms): twice a tick, not on every wake-up
+                child.rss, child.rss_due = _rss(child.pid), now + TICK / 2
             job = child.job
             # before any kill, even when one tick took the child from below 90 % to over the limit
             if child.rss > NEAR_LIMIT * limit and not child.warned_memory:
