@@ -6,7 +6,6 @@ Everything but `warp_image` is arithmetic on Affine transforms and CRSs.
 from __future__ import annotations
 
 import math
-from xml.sax.saxutils import escape
 
 import numpy as np
 from affine import Affine
@@ -66,7 +65,7 @@ def pam_xml(crs: CRS | None, transform: Affine) -> str:
         the XML text.
     """
     gt = ", ".join(repr(float(v)) for v in transform.to_gdal())
-    srs = f"  <SRS>{escape(crs.to_wkt())}</SRS>\n" if crs else ""
+    srs = f"  <SRS>{_xml_escape(crs.to_wkt())}</SRS>\n" if crs else ""
     return f"<PAMDataset>\n{srs}  <GeoTransform>{gt}</GeoTransform>\n</PAMDataset>\n"
 
 
@@ -180,3 +179,8 @@ def warp_image(image: np.ndarray, valid: np.ndarray | None, src_transform: Affin
                   init_dest_nodata=True, warp_mem_limit=32)
     del alpha
     return destination[:count], destination[count] >= 128
+
+
+def _xml_escape(text: str) -> str:
+    """&, < and > as XML entities (xml.sax.saxutils.escape, without importing urllib: 45 ms at start-up)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

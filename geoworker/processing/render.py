@@ -26,6 +26,9 @@ COLORMAPS: dict[str, list[tuple[int, int, int]]] = {
 }
 
 
+HISTOGRAM_CHUNK = 1 << 18  # pixels counted per np.bincount call
+
+
 @dataclass(frozen=True)
 class BandStats:
     """Statistics of the valid pixels of one band (as read, i.e. possibly decimated)."""
@@ -103,11 +106,21 @@ def invalid_mask(band: np.ndarray, nodata: float | None) -> np.ndarray | None:
 def _histogram(band: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, int]:
     """Counts per value for 8/16-bit integers: O(n), no sort."""
     offset = -int(np.iinfo(band.dtype).min) if np.issubdtype(band.dtype, np.signedinteger) else 0
-    values = band if valid is None else band[valid]
-    flat = values.ravel()
-    if offset:
-        flat = flat.astype(np.int32) + offset
-    return np.bincount(flat, minlength=1), offset
+    counts = np.zeros(1 << (8 * band.dtype.itemsize), np.int64)
+    if band.ndim != 2:
+        band = band.reshape(1, -1)
+        valid = None if valid is None else valid.reshape(1, -1)
+    # A quarter-million pixels at a time: np.bincount copies its input to intp first, and
+    # one 4096^2 band at once (134 MB of fresh pages) took 0.3 s in a new process, 0.06 s
+    # in chunks that stay in cache.
+    rows = max(1, HISTOGRAM_CHUNK // max(1, band.shape[-1]))
+    for start in range(0, band.shape[0], rows):
+        part = band[start:start + rows]
+        values = part.ravel() if valid is None else part[valid[start:start + rows]]
+        if offset:
+            values = values.astype(np.int32) + offset
+        counts += np.bincount(values, minlength=len(counts))
+    return counts, offset
 
 
 def _hist_percentile(counts: np.ndarray, cum: np.ndarray, q: float) -> int:
@@ -213,8 +226,14 @@ def _rescale_with_lut(band: np.ndarray, lo: float, hi: float) -> np.ndarray:
         lut = np.clip((values - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
     else:
         lut = np.full(values.shape, 128, dtype=np.uint8)
-    index = band if info.min == 0 else band.astype(np.int32) - info.min
-    return lut[index]
+    out = np.empty(band.shape, np.uint8)
+    if band.ndim != 2:
+        return lut[band.astype(np.int32) - info.min]
+    rows = max(1, HISTOGRAM_CHUNK // max(1, band.shape[-1]))  # small index copies, as in _histogram
+    for start in range(0, band.shape[0], rows):
+        part = band[start:start + rows]
+        np.take(lut, part if info.min == 0 else part.astype(np.int32) - info.min, out=out[start:start + rows])
+    return out
 
 
 def apply_lut(index: np.ndarray, lut: np.ndarray) -> np.ndarray:
