@@ -6,6 +6,7 @@ into place, so a process killed mid-write never leaves a half file under a final
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import tempfile
@@ -114,9 +115,21 @@ def save_image(img: Image.Image, path: Path, fmt: str, quality: int) -> int:
 
 def make_thumbnail(img: Image.Image, size: int) -> Image.Image:
     """A copy whose long side is at most `size` (aspect kept; alpha-aware resampling)."""
-    thumb = img.copy()
-    thumb.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
-    return thumb
+    w, h = img.size
+    if size >= w and size >= h:
+        return img.copy()
+    # Image.thumbnail's own size rule, then resize(): the same pixels without first copying
+    # the full-size image (thumbnail() works in place).
+    x, y, aspect = size, size, w / h
+    if x / y >= aspect:
+        x = _round_aspect(y * aspect, lambda n: abs(aspect - n / y))
+    else:
+        y = _round_aspect(x / aspect, lambda n: 0 if n == 0 else abs(aspect - x / n))
+    return img.resize((x, y), Image.Resampling.LANCZOS, reducing_gap=2.0)
+
+
+def _round_aspect(number: float, key) -> int:
+    return max(min(math.floor(number), math.ceil(number), key=key), 1)
 
 
 def _filter_up(rows: np.ndarray, previous: np.ndarray | None) -> bytes:

@@ -262,11 +262,12 @@ def to_pixels(bands: list[np.ndarray], valid: np.ndarray | None) -> np.ndarray:
     h, w = bands[0].shape
     pixels = np.empty((h, w, len(bands) + alpha), np.uint8)
     for i, band in enumerate(bands):
-        pixels[..., i] = band
+        if alpha:  # interleave and zero the invalid pixels in one pass
+            np.multiply(band, valid, out=pixels[..., i], casting="unsafe")
+        else:
+            pixels[..., i] = band
     if alpha:
-        pixels[~valid] = 0
-        pixels[..., -1] = valid
-        pixels[..., -1] *= 255
+        np.multiply(valid, np.uint8(255), out=pixels[..., -1], casting="unsafe")
     return pixels
 
 
