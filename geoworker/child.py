@@ -39,6 +39,10 @@ PR_SET_PDEATHSIG = 1
 PING_INTERVAL = 1.0
 
 
+class _WaitInterrupted(BaseException):
+    """SIGUSR1 arrived while the child was only waiting for work: stop waiting at once."""
+
+
 class Shutdown(BaseException):
     """The supervisor asked this child to stop now.
 
@@ -67,6 +71,7 @@ class Child:
         self._ctl_lock = threading.Lock()
         self._storage = None
         self._heartbeat_due = 0.0
+        self._waiting = False  # in _idle_wait's wait, where SIGUSR1 may interrupt (nothing is half-done there)
 
     # --- life --------------------------------------------------------------------------
 
@@ -164,10 +169,16 @@ class Child:
             self._check_parent()
             if self.settings.database.listen:
                 try:
-                    if self.queue.wait(min(left, 1.0)):
-                        return
+                    try:
+                        self._waiting = True
+                        if self.stopping or self.queue.wait(min(left, 1.0)):
+                            return
+                    finally:
+                        self._waiting = False
                 except DatabaseUnavailable:
                     return  # the claim that follows reconnects, with its own backoff
+                except _WaitInterrupted:
+                    return  # a graceful stop while idle: leave now, not at the end of the slice
             else:
                 self._sleep(min(left, 1.0))
 
@@ -318,6 +329,8 @@ class Child:
 
     def _on_graceful(self, signum, frame) -> None:
         self.stopping = True
+        if self._waiting:
+            raise _WaitInterrupted()
 
 
 def _timeout_param(job: Job) -> float | None:

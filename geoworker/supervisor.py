@@ -273,6 +273,8 @@ class Supervisor:
                 timeout = min(timeout, max(0.0, child.term_sent + KILL_GRACE - now))
         if not self.stopping and self.next_spawn_at > now:
             timeout = min(timeout, self.next_spawn_at - now)
+        elif not self.stopping and not self.children:
+            timeout = 0.0  # start-up: fork the pool now, not a tick later
         return max(0.01, timeout)
 
     def wait_for_events(self, timeout: float) -> None:
