@@ -361,6 +361,20 @@ def dsn_with_db(dsn: str, name: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
 
 
+def live(procs: list) -> list:
+    """The processes of a psutil list that still run (one may exit while we look)."""
+    import psutil
+
+    out = []
+    for p in procs:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 def ensure_peers_venv() -> None:
     if PEER_PY.exists():
         return
@@ -643,7 +657,7 @@ class Bench:
 
         if system == "geoworker":
             sup = psutil.Process(procs[0].pid)
-            kids = [usage(c) for c in sup.children() if c.status() != psutil.STATUS_ZOMBIE]
+            kids = [usage(c) for c in live(sup.children())]
             main = usage(sup)
             total_rss = main["rss"] + sum(k["rss"] for k in kids)
             total_uss = main["uss"] + sum(k["uss"] for k in kids)
@@ -680,7 +694,7 @@ class Bench:
             return cur.fetchone()
 
         def live_children() -> list:
-            return [c for c in sup.children() if c.status() != psutil.STATUS_ZOMBIE]
+            return live(sup.children())
 
         samples, observed = [], []
         try:
