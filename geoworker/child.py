@@ -193,12 +193,16 @@ class Child:
                   timeout=timeout)
         started = time.monotonic()
         outcome, error_code, timings, retried = "failed", None, None, False
-        workdir: Path | None = None
+        made: list[Path] = []
+
+        def workdir() -> Path:  # created when the task first asks for it
+            made.append(create_workdir(self.settings.storage.temp_dir, job.id))
+            return made[-1]
+
         with logger.contextualize(job=job.id, attempt=job.attempts, task=job.task_type):
             logger.info(f"job {job.id} started: {job.task_type} (attempt {job.attempts} of {job.max_attempts})")
             self._heartbeat_due = time.monotonic() + self.settings.worker.heartbeat_interval
             try:
-                workdir = create_workdir(self.settings.storage.temp_dir, job.id)
                 task = tasks.get(job.task_type, self.settings)
                 ctx = tasks.TaskContext(job=job, settings=self.settings, workdir=workdir, report=self._progress,
                                         storage=self.storage() if task.needs_input else None)
@@ -223,8 +227,8 @@ class Child:
                 retried = bool(ended) and ended[-1].status == "queued"  # for the metrics: retry or failed for good
             finally:
                 self.current = None
-                if workdir is not None:
-                    remove_workdir(workdir)
+                for path in made:
+                    remove_workdir(path)
         self.jobs_done += 1
         self.send("idle", job=job.id, task=job.task_type, outcome=outcome, error_code=error_code, retried=retried,
                   duration=round(time.monotonic() - started, 6), timings=timings, jobs_done=self.jobs_done)

@@ -38,7 +38,13 @@ _SECRETS = [
 ]
 
 
+_SECRET_HINTS = re.compile(r"(?i)=|://|authorization")
+
+
 def redact(text: str) -> str:
+    # one cheap scan first: almost no message has anything the patterns could match
+    if not _SECRET_HINTS.search(text):
+        return text
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
     return text
@@ -46,6 +52,10 @@ def redact(text: str) -> str:
 
 def _patch(record: dict) -> None:
     extra = record["extra"]
+    if "_t" in extra:  # a child's record relayed by the supervisor: keep the time it was written
+        when = _loguru_time(extra.pop("_t"))
+        if when is not None:
+            record["time"] = when
     extra.setdefault("role", "cli")
     extra.setdefault("pid", record["process"].id)
     record["message"] = redact(record["message"])
@@ -141,13 +151,12 @@ def emit_child_line(line: str, pid: int, context: Mapping[str, Any] | None = Non
         return
     context = data.get("x") if isinstance(data.get("x"), dict) else {}
     extra = {"role": "child", "pid": pid, **{k: v for k, v in context.items() if k in CONTEXT_KEYS}}
-    when = _loguru_time(data.get("t"))
+    if isinstance(data.get("t"), (int, float)):
+        extra["_t"] = data["t"]  # _patch gives the record the child's time
     message = str(data.get("m", ""))
     if data.get("e"):
         message = f"{message}\n{str(data['e']).rstrip()}"
     bound = logger.bind(**extra)
-    if when is not None:
-        bound = bound.patch(lambda record: record.update(time=when))
     try:
         bound.log(data.get("l", "INFO"), message)
     except (ValueError, TypeError):  # a level this process does not know: keep the line anyway
@@ -169,8 +178,6 @@ def _loguru_time(timestamp):
         return None
     try:
         from loguru._datetime import datetime as loguru_datetime  # the subclass {time:...} formats
-
-        local = dt.datetime.now().astimezone().tzinfo
-        return loguru_datetime.fromtimestamp(timestamp, tz=local)
-    except Exception:  # a loguru without that class: keep the supervisor's receive time
+    except ImportError:  # a loguru without that class: keep the supervisor's receive time
         return None
+    return loguru_datetime.fromtimestamp(timestamp).astimezone()

@@ -19,15 +19,28 @@ from loguru import logger
 from geoworker.errors import BadParams, InvalidInput, TransientError, UnknownTask
 
 
-@dataclass
 class TaskContext:
-    """What a handler gets: the job, the settings, a private work directory and a progress callback."""
+    """What a handler gets: the job, the settings, a private work directory and a progress callback.
 
-    job: Any  # geoworker.jobs.Job
-    settings: Any  # geoworker.config.Settings
-    workdir: Path
-    report: Callable[[int, str], None] = lambda percent, message: None
-    storage: Any = None  # geoworker.storage backend, when the task needs files
+    Args:
+        workdir: the job's private directory, or a function that creates it; then it is made
+            on first use, so a task that needs no files pays nothing for it (on a disk mounted
+            with `discard`, creating and removing a directory costs milliseconds per job).
+    """
+
+    def __init__(self, job: Any, settings: Any, workdir: Path | Callable[[], Path],
+                 report: Callable[[int, str], None] | None = None, storage: Any = None):
+        self.job = job  # geoworker.jobs.Job
+        self.settings = settings  # geoworker.config.Settings
+        self._workdir = workdir
+        self.report = report or (lambda percent, message: None)
+        self.storage = storage  # geoworker.storage backend, when the task needs files
+
+    @property
+    def workdir(self) -> Path:
+        if callable(self._workdir):
+            self._workdir = self._workdir()
+        return self._workdir
 
     @property
     def params(self) -> Mapping[str, Any]:
@@ -127,6 +140,7 @@ def debug_noop(ctx: TaskContext) -> TaskResult:
 def debug_sleep(ctx: TaskContext) -> TaskResult:
     """Sleep `seconds` (default 1), then succeed (timeouts, kills, graceful stops)."""
     seconds = _number(ctx.params, "seconds", 1.0)
+    (ctx.workdir / "sleeping").touch()  # a long job with files on disk, as a real one has
     ctx.progress(1, f"sleeping {seconds:g} s")
     _sleep(seconds, ctx)
     return TaskResult(result={"slept": seconds, "pid": os.getpid()})
