@@ -103,7 +103,9 @@ def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     """
     with tempfile.NamedTemporaryFile("r") as rss_file:
         t0 = time.perf_counter()
-        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *cmd], env=env)
+        # cwd=ROOT: `python -c` puts the working directory first on sys.path, so a stray
+        # module there (another tool's /tmp/nt.py was imported this way) would be measured too.
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *cmd], env=env, cwd=ROOT)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
