@@ -71,6 +71,7 @@ class Child:
         self._ctl_lock = threading.Lock()
         self._storage = None
         self._heartbeat_due = 0.0
+        self._next: Job | None = None  # claimed together with the last completion
         self._waiting = False  # in _idle_wait's wait, where SIGUSR1 may interrupt (nothing is half-done there)
 
     # --- life --------------------------------------------------------------------------
@@ -148,7 +149,7 @@ class Child:
         while not self.stopping and self.jobs_done < s.max_jobs_per_child:
             self._check_parent()
             try:
-                job = self.queue.claim()
+                job, self._next = self._next or self.queue.claim(), None
                 backoff.reset()
             except DatabaseUnavailable as exc:
                 delay = backoff.next_delay()
@@ -159,6 +160,8 @@ class Child:
                 self._idle_wait(s.poll_interval)
                 continue
             self.run_job(job)
+        if self._next is not None:  # claimed with the last completion, then told to stop
+            self._finish(lambda: self.queue.release(self._next.id, self.worker_id, "the worker is stopping"))
         if self.jobs_done >= s.max_jobs_per_child:
             logger.info(f"recycling after {self.jobs_done} jobs (worker.max_jobs_per_child)")
 
@@ -207,7 +210,7 @@ class Child:
                 ctx = tasks.TaskContext(job=job, settings=self.settings, workdir=workdir, report=self._progress,
                                         storage=self.storage() if task.needs_input else None)
                 result = task.handler(ctx)
-                if self._finish(lambda: self.queue.complete(job.id, result.outputs, result.result)):
+                if self._finish(lambda: self._complete(job, result)):
                     outcome = "succeeded"
                     timings = (result.result or {}).get("timings") if isinstance(result.result, dict) else None
                     logger.info(f"job {job.id} completed in {time.monotonic() - started:.3f} s")
@@ -232,6 +235,16 @@ class Child:
         self.jobs_done += 1
         self.send("idle", job=job.id, task=job.task_type, outcome=outcome, error_code=error_code, retried=retried,
                   duration=round(time.monotonic() - started, 6), timings=timings, jobs_done=self.jobs_done)
+
+    def _complete(self, job: Job, result) -> None:
+        """Record success; a worker that will go on claims its next job in the same statement."""
+        go_on = not self.stopping and self.jobs_done + 1 < self.settings.worker.max_jobs_per_child
+        if not (go_on and hasattr(self.queue, "complete_and_claim")):  # HttpJobQueue: complete only
+            self.queue.complete(job.id, result.outputs, result.result)
+            return
+        completed, self._next = self.queue.complete_and_claim(job.id, result.outputs, result.result)
+        if not completed:
+            raise LockLost(f"job {job.id}: complete refused, {self.worker_id} no longer holds it")
 
     def storage(self):
         """The storage backend, opened once per child (after fork: it holds HTTP sessions)."""

@@ -265,6 +265,25 @@ class JobQueue:
             self._refuse(job_id, "complete")
         return Job.from_row(rows[0])
 
+    def complete_and_claim(self, job_id: str, outputs: Any = None, result: Any = None) -> tuple[bool, Job | None]:
+        """complete(), then claim(), in one statement (one commit per job for a busy worker).
+
+        Returns:
+            (whether the job was completed, the next job or None). When the lock was lost,
+            the refusal is recorded as with complete(), and the next job is still this
+            worker's to run.
+        """
+        [row] = self._run("complete_and_claim", {"id": job_id, "worker": self.worker_id,
+                                                 "outputs": _json(outputs), "result": _json(result)})
+        completed = bool(row.pop("completed"))
+        next_job = Job.from_row(row) if row.get("id") is not None else None
+        if not completed:
+            try:
+                self._refuse(job_id, "complete")
+            except LockLost:
+                pass
+        return completed, next_job
+
     def fail(self, job: Job, code: str, message: str, *, permanent: bool, reason: str = "error") -> Job:
         """End this worker's attempt: failed for good, or queued again after the backoff delay."""
         return self.end_attempt(job.id, job.attempts, holder=self.worker_id, code=code, message=message,

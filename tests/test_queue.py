@@ -337,3 +337,26 @@ def test_prepared_statements_survive_a_migration_that_alters_the_table(queue, sq
     job = queue.claim()
     assert job is not None and job.status == "running"
     assert queue.complete(job.id).status == "succeeded"
+
+
+def test_complete_and_claim_is_one_statement_with_the_same_guarantees(queue, sql):
+    first, second = queue.enqueue("debug.noop"), queue.enqueue("debug.noop")
+    job = queue.claim()
+    completed, nxt = queue.complete_and_claim(job.id, outputs={"png": "a.png"}, result={"ok": 1})
+    assert completed and nxt is not None and nxt.id != job.id
+    assert (nxt.status, nxt.attempts, nxt.locked_by) == ("running", 1, "test-worker")
+    assert queue.get(job.id).status == "succeeded" and queue.get(job.id).outputs == {"png": "a.png"}
+    assert kinds(queue, nxt.id) == ["created", "claimed"]
+    # nothing left: completes, claims nothing
+    completed, none = queue.complete_and_claim(nxt.id)
+    assert completed and none is None
+    # a worker that lost its job is refused (and it is recorded), but still gets the next job
+    third = queue.enqueue("debug.noop")
+    fourth = queue.enqueue("debug.noop")
+    held = queue.claim()
+    queue.cancel(held.id)
+    completed, nxt = queue.complete_and_claim(held.id)
+    assert not completed and nxt is not None and nxt.id in (third.id, fourth.id)
+    assert kinds(queue, held.id)[-1] == "result_discarded"
+    assert queue.get(held.id).status == "cancelled"
+    assert {first.id, second.id} <= {r[0] for r in sql("SELECT id::text FROM geo_jobs WHERE status = 'succeeded'")}

@@ -95,6 +95,42 @@ WITH job AS (
 )
 SELECT * FROM job;
 
+-- name: complete_and_claim
+-- complete_job, then claim_next_job, in one statement: a busy worker commits once per job, not twice.
+WITH done AS (
+    UPDATE geo_jobs
+    SET status = 'succeeded', progress = 100, progress_message = 'done', outputs = %(outputs)s,
+        result = %(result)s, finished_at = now(), locked_by = NULL, error_code = NULL,
+        last_error = NULL, updated_at = now()
+    WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
+    RETURNING id, started_at, finished_at, attempts
+), done_event AS (
+    INSERT INTO geo_job_events (job_id, kind, message, worker, data)
+    SELECT id, 'succeeded',
+           'succeeded in ' || to_char(extract(epoch FROM finished_at - started_at), 'FM9999990.000') || ' s',
+           %(worker)s, jsonb_build_object('attempt', attempts)
+    FROM done
+), next AS (
+    SELECT id FROM geo_jobs
+    WHERE status = 'queued' AND run_at <= now()
+    ORDER BY priority DESC, run_at, created_at
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), job AS (
+    UPDATE geo_jobs AS j
+    SET status = 'running', attempts = j.attempts + 1, locked_by = %(worker)s,
+        heartbeat_at = now(), started_at = now(), finished_at = NULL,
+        progress = 0, progress_message = 'claimed', updated_at = now()
+    FROM next WHERE j.id = next.id
+    RETURNING j.*
+), claim_event AS (
+    INSERT INTO geo_job_events (job_id, kind, message, worker, data)
+    SELECT id, 'claimed', 'attempt ' || attempts || ' of ' || max_attempts, %(worker)s,
+           jsonb_build_object('attempt', attempts)
+    FROM job
+)
+SELECT (SELECT count(*) FROM done) AS completed, job.* FROM (SELECT 1) AS one LEFT JOIN job ON true;
+
 -- name: fail_attempt
 -- End the caller's running attempt: fail for good (permanent, or attempts spent) or queue a retry at run_at.
 WITH job AS (
