@@ -232,6 +232,17 @@ def test_windows_follow_blocks_and_stay_within_budget():
     assert all((c1 - c0) * 256 * 3 <= average.MAX_WINDOW_BYTES for c0, c1, _ in wide.chunks)
 
 
+def test_one_huge_strip_is_left_to_gdal(tmp_path, monkeypatch):
+    """A strip cannot be decoded in parts: windows of it would decode it again and again."""
+    src = rasters.write(tmp_path / "in.tif", rasters.gradient_rgb(300, 400), photometric="RGB",
+                        compress="deflate", blockysize=300)
+    with rasterio.open(src) as ds:
+        assert ds.block_shapes[0] == (300, 400)
+        assert read._numpy_average(ds, [1, 2, 3], (150, 200), Resampling.average)
+        monkeypatch.setattr(average, "MAX_WINDOW_BYTES", 300 * 400 * 3 - 1)
+        assert not read._numpy_average(ds, [1, 2, 3], (150, 200), Resampling.average)
+
+
 def test_overviews_are_left_to_gdal(tmp_path):
     src = rasters.write(tmp_path / "in.tif", rasters.gradient_rgb(400, 400), photometric="RGB", overviews=[2, 4])
     with rasterio.open(src) as ds:

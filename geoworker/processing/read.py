@@ -183,6 +183,10 @@ def _numpy_average(ds: rasterio.DatasetReader, indexes: list[int], shape: tuple[
         return False
     if any(ds.dtypes[i - 1] not in average.SUPPORTED for i in indexes):
         return False
+    block_h, block_w = ds.block_shapes[0]
+    pixel_bytes = sum(np.dtype(ds.dtypes[i - 1]).itemsize for i in indexes)
+    if block_w >= ds.width and block_h * ds.width * pixel_bytes > average.MAX_WINDOW_BYTES:
+        return False  # a huge strip (one strip for the whole image): no window of it can be decoded alone
     factors = ds.overviews(indexes[0])
     return not any(-(-ds.width // f) >= out_w and -(-ds.height // f) >= out_h for f in factors)
 
