@@ -229,7 +229,7 @@ def test_windows_follow_blocks_and_stay_within_budget():
     assert all((s1 - s0) * 5800 * 3 <= average.WINDOW_BYTES for s0, s1 in plan.windows)
     wide = average._plan((2048, 400_000), (21, 4096), (256, 256), 3)  # a row of tiles would be 300 MB
     assert len(wide.chunks) > 1
-    assert all((c1 - c0) * 256 * 3 <= average.MAX_WINDOW_BYTES for c0, c1, _ in wide.chunks)
+    assert all((c1 - c0) * 256 * 3 <= average.MAX_WINDOW_BYTES for c0, c1, _, _ in wide.chunks)
 
 
 def test_one_huge_strip_is_left_to_gdal(tmp_path, monkeypatch):

@@ -171,7 +171,7 @@ class _Plan:
     rows: Axis
     cols: Axis
     windows: list[tuple[int, int]]  # source row ranges, aligned to blocks
-    chunks: list[tuple[int, int, list]]  # source column ranges with their column blocks
+    chunks: list[tuple[int, int, list, np.ndarray]]  # source columns, their column blocks, coverage
     shares: np.ndarray  # per output row: how many (window, chunk) pairs its sums come from
 
 
@@ -186,8 +186,13 @@ def _plan(size: tuple[int, int], shape: tuple[int, int], block: tuple[int, int],
         chunk_w = max(bw, MAX_WINDOW_BYTES // (bh * bytes_per_pixel) // bw * bw)
     window_h = max(bh, WINDOW_BYTES // max(1, chunk_w * bytes_per_pixel) // bh * bh)
     windows = [(r, min(height, r + window_h)) for r in range(0, height, window_h)]
-    chunks = [(c, min(width, c + chunk_w), _column_blocks(cols, c, min(width, c + chunk_w)))
-              for c in range(0, width, chunk_w)]
+    chunks = []
+    for c0 in range(0, width, chunk_w):
+        blocks = _column_blocks(cols, c0, min(width, c0 + chunk_w))
+        coverage = np.zeros(out_w, np.float32)  # share of each output column's weight in this chunk
+        for j0, j1, _, _, w in blocks:
+            coverage[j0:j1] += w.sum(axis=0)
+        chunks.append((c0, min(width, c0 + chunk_w), blocks, coverage))
     shares = np.zeros(out_h, np.int32)
     for s0, s1 in windows:
         r = _meeting(rows, s0, s1)
@@ -368,33 +373,35 @@ def _window(plan: _Plan, output: _Output, handle, indexes: list[int], dtype: np.
     total = total_den = None
     shared: list = []
     mask_of = [-1] * bands
-    for c0, c1, blocks in plan.chunks:
+    for c0, c1, blocks, coverage in plan.chunks:
         win = Window(c0, s0, c1 - c0, s1 - s0)
         data = handle.read(indexes, window=win, out_dtype=dtype)
         mask_of, masks = _masks(handle, data, win, indexes, mask_kind, nodatas, alpha_pos)
-        if masks:
-            data = _zero_masked(data, mask_of, masks)
-            masks = np.stack(masks).view(np.uint8)
+        n_masks = 0 if masks is None else len(masks)
+        if masks is not None and masks.all():
+            masks = None  # nothing invalid here: the valid weight is the whole weight
+        elif masks is not None:
+            _zero_masked(data, mask_of, masks)
         width = c1 - c0
         step = max(1, SUB_BYTES // (max(1, bands) * width * 4))
         rows = np.empty((bands, min(step, len(js)), width), np.float32)
-        mrows = np.empty((len(masks), rows.shape[1], width), np.float32) if len(masks) else None
+        mrows = np.empty((n_masks, rows.shape[1], width), np.float32) if masks is not None else None
         for i in range(0, len(js), step):
             part = js[i:i + step]
             n = len(part)
-            num = np.empty((bands, n, out_w), np.float32) if single else None
-            den = np.empty((len(masks), n, out_w), np.float32) if single and len(masks) else None
-            if not single:
-                if total is None:
-                    total = np.zeros((bands, len(js), out_w), np.float32)
-                    total_den = np.zeros((len(masks), len(js), out_w), np.float32) if len(masks) else None
-                num = np.zeros((bands, n, out_w), np.float32)
-                den = np.zeros((len(masks), n, out_w), np.float32) if len(masks) else None
+            alloc = np.empty if single else np.zeros  # chunks add up; a chunk's blocks fill only its columns
+            num = alloc((bands, n, out_w), np.float32)
+            den = alloc((n_masks, n, out_w), np.float32) if n_masks else None
+            if not single and total is None:
+                total = np.zeros((bands, len(js), out_w), np.float32)
+                total_den = np.zeros((n_masks, len(js), out_w), np.float32) if n_masks else None
             _row_sums(data, plan.rows, part, s0, s1, rows[:, :n])
             _column_sums(np.ascontiguousarray(rows[:, :n]), blocks, num)
             if mrows is not None:
                 _row_sums(masks, plan.rows, part, s0, s1, mrows[:, :n])
                 _column_sums(np.ascontiguousarray(mrows[:, :n]), blocks, den)
+            elif den is not None:
+                den[:] = (_row_weights(plan.rows, part, s0, s1)[:, None] * coverage)[None]
             if single:
                 shared += output.add(part.start, num, den, mask_of)
             else:
@@ -407,47 +414,58 @@ def _window(plan: _Plan, output: _Output, handle, indexes: list[int], dtype: np.
     return shared, mask_of
 
 
-def _masks(handle, data: np.ndarray, win, indexes: list[int], mask_kind: str, nodatas: list,
-           alpha_pos: int | None) -> tuple[list[int], list[np.ndarray]]:
-    """The validity masks of a window (True = valid) and which one each band uses (-1 = none)."""
-    bands = len(indexes)
-    if mask_kind in ("per_dataset", "alpha"):
-        shared = [0 if k != alpha_pos else -1 for k in range(bands)]
-        if mask_kind == "per_dataset":
-            return shared, [handle.read_masks(indexes[0], window=win) > 0]
-        if alpha_pos is not None:
-            return shared, [data[alpha_pos] > 0]
-    if mask_kind == "nodata":
-        mask_of, masks = [], []
-        for k in range(bands):
-            valid = _valid_values(data[k], nodatas[k])
-            mask_of.append(-1 if valid is None else len(masks))
-            if valid is not None:
-                masks.append(valid)
-        return mask_of, masks
-    return [-1] * bands, []
-
-
-def _zero_masked(data: np.ndarray, mask_of: list[int], masks: list[np.ndarray]) -> np.ndarray:
-    """The bands with their masked pixels (nodata, NaN, mask 0) set to 0 (a new array)."""
-    out = data.copy()
-    for k in range(data.shape[0]):
-        if mask_of[k] >= 0:
-            np.copyto(out[k], 0, where=~masks[mask_of[k]])
+def _row_weights(axis: Axis, js: range, s0: int, s1: int) -> np.ndarray:
+    """Per output row: the summed weight of its footprint's rows within s0 .. s1 - 1."""
+    out = np.empty(len(js), np.float32)
+    for i, j in enumerate(js):
+        a, b, wa, wb = axis.span(j, s0, s1)
+        out[i] = wa if b - a == 1 else wa + wb + (b - a - 2)
     return out
 
 
-def _valid_values(band: np.ndarray, nodata) -> np.ndarray | None:
-    """True where a pixel is valid: not nodata, not NaN. None when nothing can be invalid."""
-    floating = band.dtype.kind == "f"
-    if nodata is None and not floating:
-        return None
-    if floating:
-        valid = ~np.isnan(band)
+def _masks(handle, data: np.ndarray, win, indexes: list[int], mask_kind: str, nodatas: list,
+           alpha_pos: int | None) -> tuple[list[int], np.ndarray | None]:
+    """The validity masks of a window as one uint8 array (1 = valid), and which one each band
+    uses (-1 = none); None when no band has a mask."""
+    bands = len(indexes)
+    if mask_kind in ("per_dataset", "alpha") and (mask_kind == "per_dataset" or alpha_pos is not None):
+        shared = [0 if k != alpha_pos else -1 for k in range(bands)]
+        source = handle.read_masks(indexes[0], window=win) if mask_kind == "per_dataset" else data[alpha_pos]
+        masks = np.empty((1,) + source.shape, np.uint8)
+        np.greater(source, 0, out=masks[0].view(bool))
+        return shared, masks
+    if mask_kind == "nodata":
+        mask_of = []
+        for k in range(bands):
+            can_be_invalid = nodatas[k] is not None or data.dtype.kind == "f"
+            mask_of.append(sum(m >= 0 for m in mask_of) if can_be_invalid else -1)
+        count = sum(m >= 0 for m in mask_of)
+        if not count:
+            return mask_of, None
+        masks = np.empty((count,) + data.shape[1:], np.uint8)
+        for k in range(bands):
+            if mask_of[k] >= 0:
+                _valid_values(data[k], nodatas[k], masks[mask_of[k]].view(bool))
+        return mask_of, masks
+    return [-1] * bands, None
+
+
+def _zero_masked(data: np.ndarray, mask_of: list[int], masks: np.ndarray) -> None:
+    """Set the masked pixels (nodata, NaN, mask 0) of each band with a mask to 0, in place."""
+    for k in range(data.shape[0]):
+        if mask_of[k] >= 0:
+            np.copyto(data[k], 0, where=masks[mask_of[k]] == 0)
+
+
+def _valid_values(band: np.ndarray, nodata, out: np.ndarray) -> None:
+    """out = True where a pixel is valid: not nodata, not NaN."""
+    if band.dtype.kind == "f":
+        np.isnan(band, out=out)
+        np.logical_not(out, out=out)
         if nodata is not None and not np.isnan(nodata):
-            valid &= band != nodata
-        return valid
-    return band != nodata
+            out &= band != nodata
+    else:
+        np.not_equal(band, nodata, out=out)
 
 
 def _fill(dtype: np.dtype, nodata):
