@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 from loguru import logger
 
 from geoworker import db, logs, tasks
+from geoworker.backoff import Backoff
 from geoworker.errors import DatabaseUnavailable, GeoworkerError, LockLost, describe
 from geoworker.jobs import Job, JobQueue
 from geoworker.remote import make_queue
@@ -37,6 +38,7 @@ CHILD_ABORTED = 4
 GRACEFUL_SIGNAL = signal.SIGUSR1
 PR_SET_PDEATHSIG = 1
 PING_INTERVAL = 1.0
+STATEMENT_TIMEOUT = 30.0  # seconds: a stalled database is retried, never waited on forever
 
 
 class _WaitInterrupted(BaseException):
@@ -121,6 +123,7 @@ class Child:
         os.dup2(self.log_fd, 2)
         os.dup2(self.log_fd, 1)
         self.worker_id = f"{self.prefix}{os.getpid()}"
+        db.install_client_timeout(STATEMENT_TIMEOUT + 5)  # a silent server is retried like a lost one
         logs.setup_child_logging(2, self.settings.logging.level)
         # two threads, so that a database call stuck in a reconnect never silences the pings
         for target, name in ((self._ping_loop, "ping"), (self._heartbeat_loop, "heartbeat")):
@@ -130,7 +133,8 @@ class Child:
         """Connect and subscribe; a child that cannot must not make the supervisor fork-loop."""
         s = self.settings
         # JobQueue on the database, or HttpJobQueue on the API (queue.mode = "http")
-        self.queue = make_queue(s, self.worker_id, f"geoworker-child-{os.getpid()}", dsn=self.dsn)
+        self.queue = make_queue(s, self.worker_id, f"geoworker-child-{os.getpid()}", dsn=self.dsn,
+                                statement_timeout=STATEMENT_TIMEOUT)
         try:
             self.queue.ping()
             if s.database.listen:
@@ -145,7 +149,7 @@ class Child:
 
     def loop(self) -> None:
         s = self.settings.worker
-        backoff = db.Backoff(first=0.5, cap=min(30.0, s.poll_interval * 4))
+        backoff = Backoff(first=0.5, cap=min(30.0, s.poll_interval * 4))
         while not self.stopping and self.jobs_done < s.max_jobs_per_child:
             self._check_parent()
             try:
@@ -256,7 +260,7 @@ class Child:
 
     def _finish(self, write) -> bool:
         """Write the job's outcome, retrying while the database is away; False if the lock was lost."""
-        backoff = db.Backoff(first=0.5, cap=10.0)
+        backoff = Backoff(first=0.5, cap=10.0)
         while True:
             try:
                 write()
@@ -268,7 +272,9 @@ class Child:
                 delay = backoff.next_delay()
                 logger.warning(f"cannot record the job's outcome yet, retrying in {delay:.1f} s: {exc}")
                 self._check_parent()
-                self._sleep(delay)
+                # a plain sleep, even when stopping: the outcome must be written, and the
+                # supervisor's graceful timeout bounds how long we keep trying
+                time.sleep(delay)
 
     def _progress(self, percent: int, message: str) -> None:
         job = self.current

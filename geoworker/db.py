@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import re
+import select
 import socket
 import time
 from functools import lru_cache
@@ -25,7 +26,7 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
-from geoworker.errors import ConfigError, DatabaseUnavailable
+from geoworker.errors import ConfigError, DatabaseUnavailable, first_line
 
 LISTEN_CHANNEL = "geoworker_jobs"
 CANCEL_CHANNEL = "geoworker_cancel"
@@ -40,16 +41,52 @@ def wrap_errors(what: str = "database") -> Iterator[None]:
     try:
         yield
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-        raise DatabaseUnavailable(f"{what}: {_first_line(exc)}") from exc
+        # (QueryCanceled, raised when statement_timeout fires, is an OperationalError too)
+        raise DatabaseUnavailable(f"{what}: {first_line(exc)}") from exc
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+class ClientTimeout(psycopg2.OperationalError):
+    """The server did not answer in time (a hung server, or a network that swallows packets)."""
+
+
+_client_timeout: float | None = None
+
+
+def install_client_timeout(seconds: float) -> None:
+    """Give up on any database round trip of this process after `seconds`.
+
+    statement_timeout and TCP keepalives cannot help when the server (or a proxy, or a
+    network) accepts the bytes and never answers; a long-running process must not wait
+    forever then. psycopg2's wait callback makes every round trip a select() with a
+    deadline; a connection that timed out is closed. Process-wide: call it in the
+    supervisor and in each child after fork, not in short commands.
+    """
+    global _client_timeout
+    _client_timeout = float(seconds)
+    psycopg2.extensions.set_wait_callback(_wait_with_deadline)
+
+
+def _wait_with_deadline(conn) -> None:
+    deadline = time.monotonic() + (_client_timeout or 3600.0)
+    while True:
+        state = conn.poll()
+        if state == psycopg2.extensions.POLL_OK:
+            return
+        if state == psycopg2.extensions.POLL_READ:
+            wanted = ([conn.fileno()], [], [])
+        elif state == psycopg2.extensions.POLL_WRITE:
+            wanted = ([], [conn.fileno()], [])
+        else:
+            raise psycopg2.OperationalError(f"unexpected connection state {state}")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ClientTimeout(f"no answer from the server within {_client_timeout:g} s")
+        select.select(*wanted, left)
+
 
 
 def connect(dsn: str, *, application_name: str = "geoworker", connect_timeout: float = 10,
-            sslmode: str = "") -> psycopg2.extensions.connection:
+            sslmode: str = "", statement_timeout: float | None = None) -> psycopg2.extensions.connection:
     """Open one autocommit connection (each named query is its own transaction).
 
     Args:
@@ -57,6 +94,8 @@ def connect(dsn: str, *, application_name: str = "geoworker", connect_timeout: f
         application_name: shows in pg_stat_activity, so operators can tell processes apart.
         connect_timeout: seconds before giving up on an unreachable server.
         sslmode: overrides the DSN's sslmode when set.
+        statement_timeout: seconds before the server cancels a statement (reported as
+            DatabaseUnavailable, like a lost connection).
     Raises:
         DatabaseUnavailable: the server cannot be reached or refuses us.
     """
@@ -68,7 +107,12 @@ def connect(dsn: str, *, application_name: str = "geoworker", connect_timeout: f
         "keepalives_idle": 10,
         "keepalives_interval": 5,
         "keepalives_count": 3,
+        # and give up on data the peer never acknowledges (a partition mid-query), which
+        # keepalives alone do not cover
+        "tcp_user_timeout": 30000,
     }
+    if statement_timeout:
+        kwargs["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
     if sslmode:
         kwargs["sslmode"] = sslmode
     with wrap_errors("cannot connect to PostgreSQL"):
@@ -139,7 +183,7 @@ def embedded_dsn(directory: str) -> str:
         server = pgserver.get_server(path, cleanup_mode=None)
     except Exception as exc:
         raise DatabaseUnavailable(
-            f"cannot start the embedded PostgreSQL in {path}: {_first_line(exc)} "
+            f"cannot start the embedded PostgreSQL in {path}: {first_line(exc)} "
             f"(see {path / 'log'}; or set DATABASE_URL)") from exc
     base_uri = server.get_uri()
     _ensure_database(base_uri, "geoworker")
@@ -284,23 +328,3 @@ def hostname() -> str:
 def process_identity(kind: str) -> str:
     """A worker id unique per process start: host, pid and a random tag."""
     return f"{hostname()}:{os.getpid()}:{os.urandom(3).hex()}:{kind}"
-
-
-class Backoff:
-    """Exponential delays for reconnecting: 0.5, 1, 2, ... capped, reset on success."""
-
-    def __init__(self, first: float = 0.5, cap: float = 30.0):
-        self.first, self.cap, self.failures = first, cap, 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap, self.first * (2 ** self.failures))
-        self.failures += 1
-        return delay
-
-    def reset(self) -> None:
-        self.failures = 0
-
-    def sleep(self) -> float:
-        delay = self.next_delay()
-        time.sleep(delay)
-        return delay

@@ -130,5 +130,11 @@ def describe(exc: BaseException) -> tuple[str, str, bool]:
     return "internal_error", _one_line(f"{type(exc).__name__}: {exc}"), False
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's text (or its type's name), for one-line messages."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:limit]
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())[:2000]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from geoworker.errors import first_line
 from geoworker.logs import redact
 
 OK, FAIL, SKIP = "ok", "fail", "skip"
@@ -106,9 +107,8 @@ def check_database(settings) -> Check:
     except Exception as exc:  # the embedded server would not start
         return Check(name, FAIL, f"Database connection failed: {exc}")
     details: dict[str, Any] = {"dsn": mask_dsn(dsn)}
-    queue = JobQueue(dsn, worker_id="health", application_name="geoworker-health",
-                     connect_timeout=min(settings.database.connect_timeout, CONNECT_TIMEOUT),
-                     sslmode=settings.database.sslmode)
+    queue = JobQueue.from_settings(settings, "health", "geoworker-health", dsn=dsn, statement_timeout=CONNECT_TIMEOUT,
+                                   connect_timeout=min(settings.database.connect_timeout, CONNECT_TIMEOUT))
     try:
         try:
             queue.ping()
@@ -126,7 +126,7 @@ def check_database(settings) -> Check:
     except DatabaseUnavailable as exc:
         return Check(name, FAIL, f"Database connection lost: {exc}", details)
     except Exception as exc:  # e.g. a DSN psycopg2 cannot parse, a role that may not read geo_jobs
-        return Check(name, FAIL, f"Database check failed: {_first_line(exc)}", details)
+        return Check(name, FAIL, f"Database check failed: {first_line(exc)}", details)
     finally:
         queue.close()
     return Check(name, OK, "Database connection successful", details)
@@ -219,7 +219,7 @@ def check_dependencies() -> Check:
 
         psutil.virtual_memory()
     except Exception as exc:
-        return Check(name, FAIL, f"libraries import but do not work: {type(exc).__name__}: {_first_line(exc)}",
+        return Check(name, FAIL, f"libraries import but do not work: {type(exc).__name__}: {first_line(exc)}",
                      details)
     return Check(name, OK, "All dependencies available", details)
 
@@ -252,7 +252,3 @@ def _tiny_png() -> None:
     if not buf.getvalue().startswith(b"\x89PNG"):
         raise RuntimeError("Pillow did not write a PNG")
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

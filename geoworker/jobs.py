@@ -21,6 +21,7 @@ import psycopg2.errors
 import psycopg2.extras
 
 from geoworker import db
+from geoworker.backoff import equal_jitter, exponential
 from geoworker.errors import InvalidState, JobNotFound, LockLost
 
 psycopg2.extras.register_default_jsonb(loads=json.loads, globally=True)
@@ -87,10 +88,7 @@ class RetryPolicy:
     cap: float = 3600.0
 
     def delay(self, attempts: int, rng: random.Random | None = None) -> float:
-        ceiling = min(self.cap, self.base * (2 ** max(0, attempts - 1)))
-        # "equal jitter": never less than half the ceiling, so retries still back off,
-        # but spread so that jobs failing together do not come back together
-        return ceiling / 2 + (rng or random).random() * ceiling / 2
+        return equal_jitter(exponential(self.base, self.cap, attempts - 1), rng)
 
     @classmethod
     def from_settings(cls, settings) -> "RetryPolicy":
@@ -116,13 +114,14 @@ class JobQueue:
 
     def __init__(self, dsn: str, worker_id: str = "cli", retry: RetryPolicy | None = None,
                  application_name: str = "geoworker", connect_timeout: float = 10, sslmode: str = "",
-                 prepare: bool = True):
+                 prepare: bool = True, statement_timeout: float | None = None):
         self.dsn = dsn
         self.worker_id = worker_id
         self.retry = retry or RetryPolicy()
         self.application_name = application_name
         self.connect_timeout = connect_timeout
         self.sslmode = sslmode
+        self.statement_timeout = statement_timeout
         self._conn = None
         self._queries = db.load_queries()
         self._channels: list[str] = []
@@ -134,10 +133,21 @@ class JobQueue:
         self._lock = threading.RLock()
 
     @classmethod
-    def from_settings(cls, settings, worker_id: str = "cli", application_name: str = "geoworker") -> "JobQueue":
-        return cls(db.resolve_dsn(settings), worker_id, RetryPolicy.from_settings(settings),
-                   application_name=application_name, connect_timeout=settings.database.connect_timeout,
-                   sslmode=settings.database.sslmode, prepare=settings.database.prepared_statements)
+    def from_settings(cls, settings, worker_id: str = "cli", application_name: str = "geoworker",
+                      dsn: str | None = None, statement_timeout: float | None = None,
+                      connect_timeout: float | None = None) -> "JobQueue":
+        """The one way geoworker builds a queue from its settings.
+
+        Args:
+            dsn: an already resolved DSN (default: resolve it, starting the embedded server if need be).
+            statement_timeout: seconds before the server cancels a statement (a long-running
+                process must never wait forever on a stalled database).
+            connect_timeout: overrides database.connect_timeout (health checks want it short).
+        """
+        d = settings.database
+        return cls(dsn or db.resolve_dsn(settings), worker_id, RetryPolicy.from_settings(settings),
+                   application_name=application_name, connect_timeout=connect_timeout or d.connect_timeout,
+                   sslmode=d.sslmode, prepare=d.prepared_statements, statement_timeout=statement_timeout)
 
     # --- connection ---------------------------------------------------------------
 
@@ -146,7 +156,8 @@ class JobQueue:
         with self._lock:
             if self._conn is None or self._conn.closed:
                 conn = db.connect(self.dsn, application_name=self.application_name,
-                                  connect_timeout=self.connect_timeout, sslmode=self.sslmode)
+                                  connect_timeout=self.connect_timeout, sslmode=self.sslmode,
+                                  statement_timeout=self.statement_timeout)
                 if self._channels:  # a new session must subscribe again
                     with db.wrap_errors("listen"), conn.cursor() as cur:
                         for channel in self._channels:
@@ -177,13 +188,19 @@ class JobQueue:
                         # table under our prepared statements; prepare them again, once
                         if not self.prepare:
                             raise
-                        cur.execute("DEALLOCATE ALL")
-                        self._prepared = set()
+                        self._forget_prepared()
                         return self._execute(cur, name, params or {})
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc.__cause__, db.ClientTimeout) and self._conn is not None:
+                self._conn.close()  # mid-conversation with a silent server: this session is unusable
             if self._conn is not None and self._conn.closed:
                 self._conn = None
             raise
+
+    def _forget_prepared(self) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute("DEALLOCATE ALL")
+        self._prepared = set()
 
     def _execute(self, cur, name: str, params: Mapping[str, Any]) -> list[dict]:
         """Named queries are PREPAREd once per session: parsing and planning the claim and
@@ -290,24 +307,28 @@ class JobQueue:
                                 permanent=permanent, reason=reason)
 
     def end_attempt(self, job_id: str, attempts: int, *, holder: str, code: str, message: str,
-                    permanent: bool = False, reason: str = "error", cursor=None) -> Job:
+                    permanent: bool = False, reason: str = "error", cursor=None, min_delay: float = 0.0) -> Job:
         """End the attempt that `holder` is running; the supervisor uses it for a child it killed.
 
         A killed or crashed attempt is transient (it counts: attempts was raised at claim),
         so a poison job still ends in `failed` once its attempts are spent.
+
+        Args:
+            min_delay: the retry waits at least this long (a killed child may need its grace
+                period to die; the job must not run twice at once meanwhile).
         """
         rows = self._run("fail_attempt", {
             "id": job_id, "worker": holder, "actor": self.worker_id, "code": code,
             "message": " ".join(str(message).split())[:2000], "permanent": bool(permanent),
-            "delay": round(self.retry.delay(attempts), 3), "reason": reason}, cursor=cursor)
+            "delay": round(max(min_delay, self.retry.delay(attempts)), 3), "reason": reason}, cursor=cursor)
         if not rows:
             self._refuse(job_id, "fail", holder=holder, cursor=cursor)
         return Job.from_row(rows[0])
 
-    def release(self, job_id: str, holder: str, message: str) -> Job:
-        """Give `holder`'s running job back to the queue without counting the attempt."""
+    def release(self, job_id: str, holder: str, message: str, delay: float = 0.0) -> Job:
+        """Give `holder`'s running job back to the queue without counting the attempt (claimable after `delay` s)."""
         rows = self._run("release_job", {"id": job_id, "worker": holder, "actor": self.worker_id,
-                                         "message": message})
+                                         "message": message, "delay": float(delay)})
         if not rows:
             self._refuse(job_id, "release", holder=holder)
         return Job.from_row(rows[0])
@@ -323,6 +344,18 @@ class JobQueue:
 
     def requeue_stale(self, stale_after: float, limit: int = 100) -> list[Job]:
         """Rescue running jobs whose heartbeat is stale and whose worker is gone (any host)."""
+        try:
+            return self._requeue_stale(stale_after, limit)
+        except psycopg2.errors.FeatureNotSupported:
+            if not self.prepare:
+                raise
+            # a migration altered geo_jobs under our prepared statements (see _run): the
+            # transaction was rolled back; prepare again and run it once more
+            with self._lock, db.wrap_errors("deallocate"):
+                self._forget_prepared()
+            return self._requeue_stale(stale_after, limit)
+
+    def _requeue_stale(self, stale_after: float, limit: int) -> list[Job]:
         rescued: list[Job] = []
         with db.transaction(self.conn) as cur:
             stale = self._run("find_stale_jobs", {"stale_after": float(stale_after), "limit": limit}, cursor=cur)

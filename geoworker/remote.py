@@ -35,7 +35,7 @@ import requests
 
 from geoworker.api.wire import MAX_CLAIM_WAIT, WORKER_HEADER, WORKER_SCHEME, job_from_wire
 from geoworker.config import strip_url_secrets
-from geoworker.errors import ConfigError, DatabaseUnavailable, GeoworkerError, JobNotFound, LockLost
+from geoworker.errors import ConfigError, DatabaseUnavailable, GeoworkerError, JobNotFound, LockLost, first_line
 from geoworker.jobs import Job, RetryPolicy
 
 CONNECT_TIMEOUT = 10.0
@@ -111,7 +111,7 @@ class HttpJobQueue:
                                             timeout=timeout, allow_redirects=False)
         except requests.RequestException as exc:
             self._drop_session()
-            raise ApiUnavailable(f"API {self.where}: {type(exc).__name__}: {_first_line(exc)}") from None
+            raise ApiUnavailable(f"API {self.where}: {type(exc).__name__}: {first_line(exc)}") from None
         status = response.status_code
         if status >= 500:
             raise ApiUnavailable(f"API {self.where}: {method} {path} answered {status}: {_message(response)}")
@@ -200,13 +200,14 @@ class HttpJobQueue:
                                 permanent=permanent, reason=reason)
 
     def end_attempt(self, job_id: str, attempts: int, *, holder: str, code: str, message: str,
-                    permanent: bool = False, reason: str = "error", cursor=None) -> Job:
+                    permanent: bool = False, reason: str = "error", cursor=None, min_delay: float = 0.0) -> Job:
         body = {"errorCode": code, "message": _clip(" ".join(str(message).split()), 2000) or code,
-                "permanent": bool(permanent), "reason": reason, "holder": holder, "attempts": int(attempts)}
+                "permanent": bool(permanent), "reason": reason, "holder": holder, "attempts": int(attempts),
+                "minDelay": float(min_delay)}
         return self._job_or_lock_lost(self._job_call(job_id, "fail", body))
 
-    def release(self, job_id: str, holder: str, message: str) -> Job:
-        body = {"holder": holder, "message": _clip(message, 2000)}
+    def release(self, job_id: str, holder: str, message: str, delay: float = 0.0) -> Job:
+        body = {"holder": holder, "message": _clip(message, 2000), "delay": float(delay)}
         return self._job_or_lock_lost(self._job_call(job_id, "release", body))
 
     def _job_or_lock_lost(self, response: requests.Response) -> Job:
@@ -250,7 +251,8 @@ class HttpJobQueue:
                 "oldest_ready_age": float(doc["oldestReadyAge"])}
 
 
-def make_queue(settings, worker_id: str, application_name: str = "geoworker", dsn: str | None = None):
+def make_queue(settings, worker_id: str, application_name: str = "geoworker", dsn: str | None = None,
+               statement_timeout: float | None = None):
     """The queue `settings.queue.mode` asks for: JobQueue on the database, or HttpJobQueue on the API.
 
     In http mode nothing here touches the database: the DSN is not even resolved (so no
@@ -261,12 +263,9 @@ def make_queue(settings, worker_id: str, application_name: str = "geoworker", ds
     """
     if settings.queue.mode == "http":
         return HttpJobQueue.from_settings(settings, worker_id)
-    from geoworker import db
     from geoworker.jobs import JobQueue
 
-    return JobQueue(dsn or db.resolve_dsn(settings), worker_id=worker_id, retry=RetryPolicy.from_settings(settings),
-                    application_name=application_name, connect_timeout=settings.database.connect_timeout,
-                    sslmode=settings.database.sslmode, prepare=settings.database.prepared_statements)
+    return JobQueue.from_settings(settings, worker_id, application_name, dsn=dsn, statement_timeout=statement_timeout)
 
 
 def _message(response: requests.Response) -> str:
@@ -283,7 +282,3 @@ def _clip(text: str | None, limit: int) -> str | None:
         return None
     return str(text).replace("\x00", "")[:limit]
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

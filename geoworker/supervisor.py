@@ -26,6 +26,7 @@ import psutil
 from loguru import logger
 
 from geoworker import db, logs
+from geoworker.backoff import Backoff, exponential
 from geoworker.child import CHILD_ABORTED, CHILD_BOOT_ERROR, GRACEFUL_SIGNAL, Child
 from geoworker.config import load_settings, mask_dsn, strip_url_secrets
 from geoworker.errors import ConfigError, DatabaseUnavailable, JobNotFound, LockLost
@@ -36,6 +37,12 @@ TICK = 1.0  # the longest the loop sleeps
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for an offender
 NEAR_LIMIT = 0.9  # warn when a child's RSS passes this share of max_child_rss_mb
 MiB = 1024 * 1024
+# the loop must never hang on a stalled database: its statements are tiny, so cancel them early,
+# and after a failure leave the database alone for a while (the watchdog keeps running meanwhile)
+DB_STATEMENT_TIMEOUT = 5.0
+DB_CLIENT_TIMEOUT = 10.0  # ... and give up on a server that accepts the bytes but never answers
+DB_PAUSE_FIRST, DB_PAUSE_MAX = 1.0, 30.0
+PENDING_AT_EXIT = 10.0  # seconds a stopping supervisor keeps trying to write what it owes the database
 
 
 @dataclass
@@ -75,6 +82,7 @@ class PendingOutcome:
     message: str
     reason: str
     release: bool = False
+    delay: float = 0.0  # the job is claimable again no sooner than this
     tries: int = 0
 
 
@@ -105,6 +113,8 @@ class Supervisor:
         self.next_spawn_at = 0.0
         self.db_ok = False
         self._db_warned = False
+        self.db_pause_until = 0.0
+        self._db_backoff = Backoff(DB_PAUSE_FIRST, DB_PAUSE_MAX)
         self.dsn = ""
         self.queue: JobQueue | None = None
         self.pid = os.getpid()
@@ -133,6 +143,7 @@ class Supervisor:
 
     def start(self) -> None:
         self.install_signals()
+        db.install_client_timeout(DB_CLIENT_TIMEOUT)
         remote = self.settings.queue.mode == "http"
         # http mode never resolves the DSN: no embedded server starts, nothing touches the database
         self.dsn = "" if remote else db.resolve_dsn(self.settings)
@@ -147,11 +158,12 @@ class Supervisor:
 
     def _new_queue(self) -> JobQueue:
         # JobQueue on the database, or HttpJobQueue on the API (queue.mode = "http")
-        return make_queue(self.settings, self.id, f"geoworker-supervisor-{self.pid}", dsn=self.dsn)
+        return make_queue(self.settings, self.id, f"geoworker-supervisor-{self.pid}", dsn=self.dsn,
+                          statement_timeout=DB_STATEMENT_TIMEOUT)
 
     def connect_until_ready(self) -> None:
         """Wait for the database (backing off, logging why) and check the schema once."""
-        backoff = db.Backoff(first=1.0, cap=30.0)
+        backoff = Backoff(first=1.0, cap=30.0)
         while True:
             try:
                 if self.settings.queue.mode == "http":
@@ -245,8 +257,10 @@ class Supervisor:
                 logs.setup_service_logging(old, role="supervisor")
                 logger.error(f"SIGHUP: configuration not reloaded, keeping the old one: {exc}")
                 return
+        if new.database.dsn != old.database.dsn or new.queue != old.queue or new.api.base_url != old.api.base_url:
+            logger.warning("SIGHUP: the database or queue settings changed; they take effect at the next restart")
         self.settings = new
-        self.concurrency = new.worker.concurrency
+        self.concurrency = new.worker.concurrency  # the file wins over --concurrency and TTIN/TTOU
         logger.info(f"SIGHUP: configuration reloaded; replacing {len(self.children)} children; "
                     f"concurrency {self.concurrency}")
         for child in self.children.values():
@@ -409,10 +423,17 @@ class Supervisor:
                 return
             self.spawn_child()
 
+    def _queue_fds(self) -> list[int]:
+        """The supervisor's own database socket: a child closes it, so it can never touch it."""
+        try:
+            return [self.queue.fileno()] if self.queue is not None and self.queue.connected else []
+        except Exception:
+            return []
+
     def spawn_child(self) -> ChildHandle | None:
         ctl_r, ctl_w = os.pipe()
         log_r, log_w = os.pipe()
-        inherited = [ctl_r, log_r, self._wake_r, self._wake_w]
+        inherited = [ctl_r, log_r, self._wake_r, self._wake_w] + self._queue_fds()
         for other in self.children.values():
             inherited += [other.ctl_fd, other.log_fd]
         inherited += self.extra_fds()
@@ -443,6 +464,8 @@ class Supervisor:
         return handle
 
     def _register(self, child: ChildHandle) -> None:
+        if self._db_paused():
+            return  # touch_workers registers it later
         try:
             self.queue.register_worker(child.worker_id, "child", child.pid, parent_id=self.id)
             child.registered = True
@@ -462,19 +485,27 @@ class Supervisor:
         if child.kill_reason is not None:
             return
         child.kill_reason = reason
+        child.term_sent = time.monotonic()
+        # the signal goes first, so that nothing the database does (or fails to do) can spare an
+        # offender; a memory hog gets SIGKILL at once, since the memory must come back now
+        if reason == "memory_limit":
+            _signal(child.pid, signal.SIGKILL)
+            child.killed = True
+        else:
+            _signal(child.pid, signal.SIGTERM)
         job = child.job
         log = logger.bind(job=job["id"], attempt=job.get("attempt"), task=job.get("task")) if job else logger
         if job and settle:
             action = "released" if release else f"killed ({reason})"
             log.warning(f"child {child.pid} {action}: job {job['id']}: {message or reason}")
+            # claimable again only once the child is surely dead (SIGKILL after KILL_GRACE):
+            # the same job must never run twice at once
             self.settle(PendingOutcome(job["id"], int(job.get("attempt") or 1), child.worker_id, code,
-                                       message or reason, reason, release=release))
+                                       message or reason, reason, release=release, delay=KILL_GRACE + 1))
         elif job:
             log.info(f"stopping child {child.pid}: job {job['id']} {reason}")
         else:
             logger.warning(f"child {child.pid} killed ({reason}): {message or 'idle'}")
-        child.term_sent = time.monotonic()
-        _signal(child.pid, signal.SIGTERM)
         self.emit("child_killed", child=child, reason=reason)
 
     def murder_children(self) -> None:
@@ -552,7 +583,7 @@ class Supervisor:
             self.emit("child_killed", child=child, reason="crashed")
         elif code == CHILD_BOOT_ERROR or (child.state == "booting" and child.kill_reason is None):
             self.boot_failures += 1
-            delay = min(60.0, 0.5 * 2 ** min(self.boot_failures, 7))
+            delay = exponential(0.5, 60.0, self.boot_failures)
             self.next_spawn_at = time.monotonic() + delay
             logger.error(f"child {child.pid} could not start ({child.boot_error or how}); "
                          f"next attempt in {delay:.1f} s")
@@ -560,8 +591,26 @@ class Supervisor:
             logger.warning(f"child {child.pid} exited: {how}")
         else:
             logger.debug(f"child {child.pid} exited: {how}")
+        self._settle_held(child, how)
         self._cleanup_child(child)
         self.emit("child_exited", child=child, status=how)
+
+    def _settle_held(self, child: ChildHandle, how: str) -> None:
+        """Settle what the database says a dead child still holds, beyond the job we knew of.
+
+        A child claims its next job in the statement that completes the last one, and tells us
+        a moment later: a kill or a crash in between leaves a job we never heard of.
+        """
+        held_job = getattr(self.queue, "held_job", None)
+        job = self._db_call(lambda: held_job(child.worker_id)) if held_job else None
+        if job is None:
+            return
+        if child.kill_reason is None:
+            self.settle(PendingOutcome(job.id, job.attempts, child.worker_id, "crashed",
+                                       f"the worker process died ({how})", "crashed"))
+        else:  # stopped for another job's sake: this one did nothing wrong
+            self.settle(PendingOutcome(job.id, job.attempts, child.worker_id, None,
+                                       f"its worker was stopped ({child.kill_reason})", "shutdown", release=True))
 
     def _cleanup_child(self, child: ChildHandle) -> None:
         from geoworker.storage.workdir import remove_child_workdirs
@@ -597,20 +646,29 @@ class Supervisor:
 
     def _write_outcome(self, o: PendingOutcome) -> bool:
         """True when written (or moot); False to try again later."""
+        if self._db_paused():
+            return False
         o.tries += 1
         try:
             if o.release:
-                self.queue.release(o.job_id, o.holder, f"released: {o.message}; this attempt does not count")
+                self.queue.release(o.job_id, o.holder, f"released: {o.message}; this attempt does not count",
+                                   delay=o.delay)
             else:
                 job = self.queue.end_attempt(o.job_id, o.attempts, holder=o.holder, code=o.code or "crashed",
-                                             message=o.message, reason=o.reason)
+                                             message=o.message, reason=o.reason, min_delay=o.delay)
                 self.emit("job_settled", job=job, reason=o.reason)
+            self._db_up()
             return True
         except (LockLost, JobNotFound) as exc:
             logger.info(f"job {o.job_id}: nothing to settle ({exc})")
             return True
         except DatabaseUnavailable as exc:
             self._db_down(exc)
+            return False
+        except Exception:
+            # anything else (a refused API call, a read-only replica after a failover) must not
+            # stop the loop either: keep the outcome and try again later
+            logger.exception(f"job {o.job_id}: settling failed; will retry")
             return False
 
     def retry_pending(self) -> None:
@@ -646,19 +704,31 @@ class Supervisor:
         self.emit("tick")
 
     def _db_call(self, fn) -> Any:
+        """Run a database chore; None (skipped or failed) while the database is away."""
+        if self._db_paused():
+            return None
         try:
             result = fn()
         except DatabaseUnavailable as exc:
             self._db_down(exc)
             return None
+        self._db_up()
+        return result
+
+    def _db_paused(self) -> bool:
+        return time.monotonic() < self.db_pause_until
+
+    def _db_up(self) -> None:
         if not self.db_ok:
             logger.info("database reachable again")
             self._db_warned = False
         self.db_ok = True
-        return result
+        self._db_backoff.reset()
 
     def _db_down(self, exc: Exception) -> None:
+        """Leave the database alone for a while: a stalled server must not stall the watchdog too."""
         self.db_ok = False
+        self.db_pause_until = time.monotonic() + self._db_backoff.next_delay()
         if not self._db_warned:
             logger.error(f"database unavailable, will keep retrying: {exc}")
             self._db_warned = True
@@ -718,6 +788,11 @@ class Supervisor:
         """After begin_stop: wait for children; past the deadline, release their jobs and kill them."""
         if not self.children:
             self.retry_pending()
+            if self.pending and time.monotonic() < self.stop_deadline + PENDING_AT_EXIT:
+                return  # the database may be back in a moment; what is left is rescued later anyway
+            if self.pending:
+                logger.warning(f"exiting with {len(self.pending)} job outcome(s) unwritten; those jobs "
+                               "will be rescued by any supervisor after worker.stale_after")
             self.exit_code = 0
             return
         if time.monotonic() < self.stop_deadline:

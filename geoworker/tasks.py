@@ -120,8 +120,8 @@ def _number(params: Mapping[str, Any], key: str, default: float) -> float:
     return number
 
 
-def _sleep(seconds: float, ctx: TaskContext) -> None:
-    # short steps with progress, so the job shows life and a heartbeat thread is not needed to prove it
+def _sleep(seconds: float) -> None:
+    # short steps, so that a signal's handler (Shutdown on SIGTERM) runs within a quarter second
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
         time.sleep(min(left, 0.25))
@@ -142,7 +142,7 @@ def debug_sleep(ctx: TaskContext) -> TaskResult:
     seconds = _number(ctx.params, "seconds", 1.0)
     (ctx.workdir / "sleeping").touch()  # a long job with files on disk, as a real one has
     ctx.progress(1, f"sleeping {seconds:g} s")
-    _sleep(seconds, ctx)
+    _sleep(seconds)
     return TaskResult(result={"slept": seconds, "pid": os.getpid()})
 
 
@@ -158,7 +158,7 @@ def debug_allocate(ctx: TaskContext) -> TaskResult:
         block[::4096] = b"\1" * len(block[::4096])  # touch every page so RSS really grows
         held.append(block)
     ctx.progress(50, f"holding {mb:g} MiB")
-    _sleep(seconds, ctx)
+    _sleep(seconds)
     return TaskResult(result={"allocated_mb": mb})
 
 

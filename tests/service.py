@@ -145,3 +145,71 @@ def submit(env, cwd, *args: str) -> str:
     result = run_cli(["submit", *args], env, cwd=cwd)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
+
+
+class FreezingProxy:
+    """A TCP proxy in front of PostgreSQL that can stop passing bytes while keeping every
+    connection open: a hung server, as a client sees one (its bytes are accepted, no answer comes)."""
+
+    def __init__(self, dsn: str):
+        import socket
+        import threading
+
+        from psycopg2.extensions import parse_dsn
+
+        parts = parse_dsn(dsn)
+        host, port = parts.get("host", "127.0.0.1"), int(parts.get("port", 5432))
+        if host.startswith("/"):
+            self.upstream = (socket.AF_UNIX, f"{host}/.s.PGSQL.{port}")
+        else:
+            self.upstream = (socket.AF_INET, (host, port))
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.frozen = threading.Event()
+        self.stopped = threading.Event()
+        self.dsn = psycopg2.extensions.make_dsn(dsn, host="127.0.0.1", port=str(self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        self.listener.settimeout(0.2)
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                continue
+            server = socket.socket(self.upstream[0])
+            server.connect(self.upstream[1])
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src, dst) -> None:
+        import select as sel
+
+        while not self.stopped.is_set():
+            if self.frozen.is_set():
+                time.sleep(0.05)
+                continue
+            try:
+                ready, _, _ = sel.select([src], [], [], 0.1)
+                if not ready:
+                    continue
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+            except (OSError, ValueError):  # the other direction closed both sockets
+                break
+        for s in (src, dst):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.listener.close()

@@ -333,7 +333,16 @@ def test_prepared_statements_survive_a_migration_that_alters_the_table(queue, sq
     queue.enqueue("debug.noop")
     queue.enqueue("debug.noop")
     queue.complete(queue.claim().id)
+    stale = other(queue, "gone-worker").claim()
+    sql("UPDATE geo_jobs SET heartbeat_at = now() - interval '1 hour' WHERE id = %s", (stale.id,))
+    queue.enqueue("debug.fail")
+    queue.fail(queue.claim(), "internal_error", "prepares fail_attempt", permanent=True)
     sql("ALTER TABLE geo_jobs ADD COLUMN added_by_a_later_migration integer")
+    # the reaper's path (fail_attempt inside a transaction) prepares again
+    assert [j.id for j in queue.requeue_stale(stale_after=60)] == [stale.id]
+    sql("ALTER TABLE geo_jobs ADD COLUMN and_another integer")
+    # and so does every plain call
+    queue.enqueue("debug.noop")
     job = queue.claim()
     assert job is not None and job.status == "running"
     assert queue.complete(job.id).status == "succeeded"

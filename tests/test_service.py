@@ -375,3 +375,26 @@ def test_postgres_restart_mid_run_loses_nothing(make_service, tmp_path):
         subprocess.run(pg_ctl + ["-m", "immediate", "-w", "stop"], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=60)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_hung_database_does_not_stop_the_watchdog(make_service, queue, db, dsn):
+    """The database accepts bytes and never answers: deadlines are still enforced, and the
+    outcome is written once it answers again."""
+    from service import FreezingProxy
+
+    proxy = FreezingProxy(dsn)
+    try:
+        job = queue.enqueue("debug.sleep", {"seconds": 120}, max_attempts=1)
+        svc = make_service(worker={"concurrency": 1, "max_processing_time": 4.0}, env={"DATABASE_URL": proxy.dsn})
+        pid = wait_for(lambda: list(busy_children(db, svc)), 30, what="the job to start")[0]
+        proxy.frozen.set()
+        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                 60, what="the overdue child to be killed while the database hangs")
+        assert db.job(job.id)["status"] == "running", "nothing could have reached the database"
+        proxy.frozen.clear()
+        wait_for(lambda: db.job(job.id)["status"] == "failed", 90, what="the outcome once the database answers")
+        assert db.job(job.id)["error_code"] == "timeout"
+        svc.signal(signal.SIGTERM)
+        assert svc.wait(60) == 0
+    finally:
+        proxy.close()

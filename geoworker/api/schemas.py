@@ -144,11 +144,14 @@ class Fail(Body):
     holder: Optional[WorkerId] = Field(None, description="act for this worker (a supervisor settling its child's "
                                                          "job); default: the caller")
     attempts: Optional[int] = Field(None, ge=0, le=INT32, description="the attempt being ended (for the backoff)")
+    minDelay: float = Field(0.0, ge=0, le=3600, description="seconds the retry waits at least (a killed child's "
+                                                             "grace period)")
 
 
 class Release(Body):
     holder: Optional[WorkerId] = None
     message: Text = Field("released", max_length=2000)
+    delay: float = Field(0.0, ge=0, le=3600, description="seconds before the job is claimable again")
 
 
 class Held(BaseModel):

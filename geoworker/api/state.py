@@ -20,12 +20,14 @@ from typing import Any, Iterator
 from loguru import logger
 
 from geoworker import db
+from geoworker.backoff import Backoff
 from geoworker.errors import ConfigError, DatabaseUnavailable
-from geoworker.jobs import JobQueue, RetryPolicy
+from geoworker.jobs import JobQueue
 
 POOL_SIZE = 8  # connections; requests beyond that wait for one (the thread pool has 40 threads)
 POOL_WAIT = 10.0  # seconds a request waits for a connection before answering 503
 FORGET_EVERY = 3600.0
+STATEMENT_TIMEOUT = 30.0  # seconds: a request must not hang on a stalled database
 
 
 class QueuePool:
@@ -38,11 +40,8 @@ class QueuePool:
         self._slots = threading.BoundedSemaphore(size)
 
     def _new(self) -> JobQueue:
-        s = self.settings
-        return JobQueue(self.dsn, worker_id="api", retry=RetryPolicy.from_settings(s),
-                        application_name=f"geoworker-api-{os.getpid()}",
-                        connect_timeout=s.database.connect_timeout, sslmode=s.database.sslmode,
-                        prepare=s.database.prepared_statements)
+        return JobQueue.from_settings(self.settings, "api", f"geoworker-api-{os.getpid()}", dsn=self.dsn,
+                                      statement_timeout=STATEMENT_TIMEOUT)
 
     @contextlib.contextmanager
     def lease(self, actor: str) -> Iterator[JobQueue]:
@@ -109,11 +108,9 @@ class Notifier:
             old.set()
 
     def _run(self) -> None:
-        s = self.settings
-        queue = JobQueue(self.dsn, worker_id="api-listen", application_name=f"geoworker-api-listen-{os.getpid()}",
-                         connect_timeout=s.database.connect_timeout, sslmode=s.database.sslmode,
-                         prepare=s.database.prepared_statements)
-        backoff = db.Backoff(first=1.0, cap=30.0)
+        queue = JobQueue.from_settings(self.settings, "api-listen", f"geoworker-api-listen-{os.getpid()}",
+                                       dsn=self.dsn, statement_timeout=STATEMENT_TIMEOUT)
+        backoff = Backoff(first=1.0, cap=30.0)
         listening = False
         while not self._stop.is_set():
             try:
@@ -157,10 +154,9 @@ class Reaper:
 
     def _run(self) -> None:
         s = self.settings
-        queue = JobQueue(self.dsn, worker_id=f"api-reaper:{db.hostname()}:{os.getpid()}",
-                         retry=RetryPolicy.from_settings(s), application_name=f"geoworker-api-reaper-{os.getpid()}",
-                         connect_timeout=s.database.connect_timeout, sslmode=s.database.sslmode,
-                         prepare=s.database.prepared_statements)
+        queue = JobQueue.from_settings(s, f"api-reaper:{db.hostname()}:{os.getpid()}",
+                                       f"geoworker-api-reaper-{os.getpid()}", dsn=self.dsn,
+                                       statement_timeout=STATEMENT_TIMEOUT)
         forget_at = time.monotonic() + 60
         warned = False
         while not self._stop.wait(self.interval):

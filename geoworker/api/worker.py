@@ -124,7 +124,7 @@ def fail(job_id: str, body: Fail, request: Request, worker: str = Depends(curren
     with api_state(request).pool.lease(worker) as queue:
         attempts = body.attempts if body.attempts is not None else queue.get(job_id).attempts
         job = queue.end_attempt(job_id, attempts, holder=holder, code=body.errorCode, message=body.message,
-                                permanent=body.permanent, reason=body.reason)
+                                permanent=body.permanent, reason=body.reason, min_delay=body.minDelay)
     return job_to_wire(job)
 
 
@@ -133,7 +133,7 @@ def fail(job_id: str, body: Fail, request: Request, worker: str = Depends(curren
 def release(job_id: str, body: Release, request: Request, worker: str = Depends(current_worker)):
     job_id = _job_id(job_id)
     with api_state(request).pool.lease(worker) as queue:
-        job = queue.release(job_id, body.holder or worker, body.message)
+        job = queue.release(job_id, body.holder or worker, body.message, delay=body.delay)
     return job_to_wire(job)
 
 

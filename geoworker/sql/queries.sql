@@ -166,7 +166,8 @@ SELECT job.* FROM job LEFT JOIN wake ON true;
 -- Give a running job back to the queue at once without counting the attempt (graceful shutdown).
 WITH job AS (
     UPDATE geo_jobs
-    SET status = 'queued', attempts = greatest(attempts - 1, 0), run_at = now(), locked_by = NULL,
+    SET status = 'queued', attempts = greatest(attempts - 1, 0),
+        run_at = now() + make_interval(secs => %(delay)s), locked_by = NULL,
         progress = 0, progress_message = 'released', updated_at = now()
     WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
     RETURNING *
@@ -174,7 +175,7 @@ WITH job AS (
     INSERT INTO geo_job_events (job_id, kind, message, worker, data)
     SELECT id, 'released', %(message)s, %(actor)s, jsonb_build_object('worker', %(worker)s::text) FROM job
 ), wake AS (
-    SELECT pg_notify('geoworker_jobs', task_type) FROM job
+    SELECT pg_notify('geoworker_jobs', task_type) FROM job WHERE run_at <= now()
 )
 SELECT job.* FROM job LEFT JOIN wake ON true;
 

@@ -34,7 +34,6 @@ accident.
 from __future__ import annotations
 
 import ipaddress
-import random
 import socket
 import time
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, HTTPError as Urllib3Error, NameResolutionError, NewConnectionError
 from urllib3.util.connection import create_connection
 
+from geoworker.backoff import equal_jitter, exponential
 from geoworker.config import strip_url_secrets
 from geoworker.errors import InvalidInput, PermanentStorageError, StorageError
 from geoworker.storage.checks import check_content_type
@@ -79,8 +79,7 @@ class TransferPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based): exponential, capped, jittered."""
-        delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
-        return delay * (0.5 + random.random() / 2)
+        return equal_jitter(exponential(self.backoff_base, self.backoff_max, attempt - 1))
 
 
 @dataclass(frozen=True)
