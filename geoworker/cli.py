@@ -126,6 +126,10 @@ def cmd_submit(args) -> int:
         raise UsageError("--max-attempts must be at least 1")
     if task.needs_input and not args.source:
         raise UsageError(f"task {task.name} needs an input: geoworker submit FILE|URL --task {task.name}")
+    if task.needs_input:  # the raster tasks: a bad param is refused now, not as a failed job later
+        from geoworker.raster_tasks import options_for
+
+        options_for(settings, params)
     input_ref = _input_reference(args.source, settings) if args.source else None
     queue = open_queue(settings)
     job = submit_job(queue, settings, task.name, input_ref, params, priority=args.priority,
@@ -299,7 +303,12 @@ def cmd_process(args) -> int:
         raise UsageError(f"{args.input}: no such file")
     options = options_for(settings, parse_params(args.param or []))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"--out {args.out}: exists and is not a directory") from None
+    except OSError as exc:
+        raise UsageError(f"--out {args.out}: cannot create it: {exc.strerror}") from None
     quiet = args.json or not sys.stderr.isatty()  # progress is for people watching
 
     def progress(percent: int, message: str) -> None:

@@ -492,10 +492,13 @@ def mask_dsn(dsn: str) -> str:
         import urllib.parse as up
 
         u = up.urlsplit(dsn)
+        netloc = u.netloc
         if u.password:
             netloc = f"{u.username}:{MASK}@{u.hostname}" + (f":{u.port}" if u.port else "")
-            return up.urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
-        return dsn
+        # a password may also sit in the query string (?password=...)
+        query = up.urlencode([(k, MASK if k.lower() == "password" else v)
+                              for k, v in up.parse_qsl(u.query, keep_blank_values=True)], safe="/*")
+        return up.urlunsplit((u.scheme, netloc, u.path, query, u.fragment))
     return make_dsn(**parts)
 
 

@@ -156,3 +156,17 @@ def test_process_runs_the_pipeline_without_a_queue(tmp_path):
     text.write_text("this is not a raster")
     bad = run_cli(["process", str(text), "--out", str(out)], env, cwd=tmp_path)
     user_error(bad, r"not a TIFF")
+
+
+def test_submit_refuses_bad_processing_params_at_once(env, tmp_path):
+    tif = tmp_path / "a.tif"
+    tif.write_bytes(b"II*\x00" + b"\x00" * 64)
+    user_error(run_cli(["submit", str(tif), "--param", "max_size=abc"], env, cwd=tmp_path), r"max_size")
+    assert json.loads(run_cli(["list", "--json"], env, cwd=tmp_path).stdout) == [], "no job may be created"
+
+
+def test_process_into_a_file_is_a_one_line_error(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    (tmp_path / "in.tif").write_bytes(b"II*\x00" + b"\x00" * 64)
+    user_error(run_cli(["process", str(tmp_path / "in.tif"), "--out", str(tmp_path / "taken")],
+                       {"PATH": "/usr/bin:/bin"}, cwd=tmp_path), r"exists and is not a directory")

@@ -185,3 +185,16 @@ def test_an_empty_database_url_does_not_hide_the_pg_variables(tmp_path):
     settings = load_settings(environ={"DATABASE_URL": "", "PGHOST": "db.internal", "PGDATABASE": "geo"},
                              base_dir=tmp_path)
     assert "host=db.internal" in settings.database.dsn and "dbname=geo" in settings.database.dsn
+
+
+@pytest.mark.parametrize("dsn,secret", [
+    ("postgresql://geo:hunter2@db.example:5433/geo", "hunter2"),
+    ("postgresql://geo@db.example/geo?password=hunter2&sslmode=require", "hunter2"),
+    ("host=db.example user=geo password=hunter2", "hunter2"),
+])
+def test_mask_dsn_hides_every_spelling_of_the_password(dsn, secret):
+    from geoworker.config import mask_dsn
+
+    masked = mask_dsn(dsn)
+    assert secret not in masked and "********" in masked
+    assert "db.example" in masked
