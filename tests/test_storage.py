@@ -194,6 +194,18 @@ def test_local_receive_input_stops_at_the_cap_and_leaves_nothing(local, settings
     assert list((Path(settings.storage.root) / "jobs" / JOB_ID / "input").iterdir()) == []
 
 
+def test_local_receive_input_first_writer_wins(local, settings):
+    """Two uploads of one job (the same URL used at once through two API processes): the
+    second must neither replace the first's file nor leave its own behind."""
+    from geoworker.errors import InvalidState
+
+    first = local.receive_input(JOB_ID, "site.tif", [b"II*\x00", b"first"])
+    with pytest.raises(InvalidState, match="already has its input"):
+        local.receive_input(JOB_ID, "site.tif", [b"II*\x00", b"second"])
+    assert Path(first["path"]).read_bytes() == b"II*\x00first"
+    assert [p.name for p in Path(first["path"]).parent.iterdir()] == ["site.tif"]
+
+
 def test_local_import_refuses_a_file_over_the_cap(local, tmp_path):
     big = tmp_path / "big.tif"
     big.write_bytes(b"II*\x00" + b"\x00" * (1 << 20))

@@ -151,6 +151,8 @@ def _store(state: ApiState, job: Job, file_name: str, chunks: Iterator[bytes], s
         raise ApiError(422, f"{exc}; nothing was stored", code="invalid_input") from None
     except ClientDisconnect:
         raise ApiError(400, "the client went away before the whole body arrived; nothing was stored") from None
+    except InvalidState as exc:  # the same URL used at once through another API process
+        raise ApiError(409, str(exc), code="invalid_state") from None
 
 
 def _store_via_temp(state: ApiState, backend, job: Job, name: str, body: Iterator[bytes], size: int,

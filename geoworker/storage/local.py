@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 from loguru import logger
 
-from geoworker.errors import InvalidInput
+from geoworker.errors import InvalidInput, InvalidState
 from geoworker.storage.base import Backend, output_names
 from geoworker.storage.names import checked_job_id, safe_filename
 from geoworker.storage.stream import file_chunks, too_large, write_capped
@@ -48,7 +48,10 @@ class LocalBackend(Backend):
         limit = min(max_size or sys.maxsize, self.storage.max_file_size)
         safe = safe_filename(name)
         dest = self.job_dir(job_id, "input") / safe
-        size, digest = write_capped(chunks, dest, limit, durable=True)
+        try:
+            size, digest = write_capped(chunks, dest, limit, durable=True, replace=False)
+        except FileExistsError:
+            raise InvalidState(f"job {job_id} already has its input {safe}; nothing was stored") from None
         ref = {"backend": "local", "path": str(dest.resolve()), "name": safe, "size": size, "sha256": digest}
         if content_type:
             ref["content_type"] = content_type

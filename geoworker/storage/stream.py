@@ -38,7 +38,8 @@ def file_chunks(fh: BinaryIO, chunk: int = CHUNK) -> Iterator[bytes]:
         yield block
 
 
-def write_capped(chunks: Iterable[bytes], dest: Path, max_size: int, *, durable: bool = False) -> tuple[int, str]:
+def write_capped(chunks: Iterable[bytes], dest: Path, max_size: int, *, durable: bool = False,
+                 replace: bool = True) -> tuple[int, str]:
     """Write a stream to `dest` via a temporary name in the same directory, enforcing a size cap.
 
     Args:
@@ -46,6 +47,8 @@ def write_capped(chunks: Iterable[bytes], dest: Path, max_size: int, *, durable:
         dest: the final path (its directory must exist).
         max_size: the most bytes accepted; one more and TooLarge is raised.
         durable: fsync before the rename (for files that outlive the job).
+        replace: False: the first writer wins; FileExistsError if `dest` exists by the end
+            (two uploads of one job racing on two API processes must not swap its input).
     Returns:
         (size in bytes, sha256 hex digest).
     Raises:
@@ -65,7 +68,11 @@ def write_capped(chunks: Iterable[bytes], dest: Path, max_size: int, *, durable:
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
-        os.replace(part, dest)
+        if replace:
+            os.replace(part, dest)
+        else:
+            os.link(part, dest)  # atomic, and refuses an existing name
+            os.unlink(part)
     except BaseException:
         try:
             os.unlink(part)
