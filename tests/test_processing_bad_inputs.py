@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import rasterio
+from rasterio.transform import from_origin
 import pytest
 from PIL import Image
 
@@ -168,3 +170,36 @@ def test_multipage_processes_first_page_and_says_so(tmp_path):
     with Image.open(tmp_path / "out" / "pages.png") as img:
         assert img.size == (60, 40)
         assert np.array_equal(np.asarray(img), np.moveaxis(rasters.gradient_rgb(40, 60), 0, -1))
+
+
+def test_a_local_site_grid_is_kept_on_its_own_grid_not_retried(tmp_path):
+    """Site plans often use a local engineering CRS: no map can place them, but the PNG is still wanted."""
+    from rasterio.crs import CRS
+
+    from geoworker.processing import Options, process_file
+
+    src = tmp_path / "site_grid.tif"
+    local = CRS.from_wkt('LOCAL_CS["site grid",LOCAL_DATUM["site",0],UNIT["metre",1],'
+                         'AXIS["Easting",EAST],AXIS["Northing",NORTH]]')
+    with rasterio.open(src, "w", driver="GTiff", width=40, height=30, count=3, dtype="uint8", crs=local,
+                       transform=from_origin(1000, 2000, 0.5, 0.5)) as ds:
+        ds.write(np.full((3, 30, 40), 120, dtype="uint8"))
+    result = process_file(src, tmp_path / "out", Options(max_size=40))
+    assert any("local engineering grid" in w for w in result["warnings"])
+    doc = json.loads((tmp_path / "out" / result["outputs"]["metadata"]).read_text())
+    assert doc["bounds_wgs84"] is None and doc["corners_wgs84"] is None
+    world = (tmp_path / "out" / result["outputs"]["world_file"]).read_text().split()
+    assert float(world[4]) == pytest.approx(1000.25) and float(world[5]) == pytest.approx(1999.75)
+
+
+def test_coordinates_nowhere_on_earth_fail_at_once_as_invalid_input(tmp_path):
+    """An origin of 1e30 used to send PROJ into minutes of work, then a retry loop."""
+    from geoworker.errors import InvalidInput
+    from geoworker.processing import Options, process_file
+
+    src = tmp_path / "broken_origin.tif"
+    with rasterio.open(src, "w", driver="GTiff", width=10, height=10, count=1, dtype="uint8", crs="EPSG:32638",
+                       transform=from_origin(1e30, 1e30, 1, 1)) as ds:
+        ds.write(np.ones((1, 10, 10), dtype="uint8"))
+    with pytest.raises(InvalidInput, match="implausible"):
+        process_file(src, tmp_path / "out", Options())

@@ -10,6 +10,15 @@ import math
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.errors import CRSError, RasterioError
+
+try:  # GDAL's own errors (CPLE_NotSupportedError, ...) as rasterio raises them
+    from rasterio._err import CPLE_BaseError
+except ImportError:  # pragma: no cover - a rasterio that moved it
+    CPLE_BaseError = RasterioError
+
+# what PROJ/GDAL raise for a CRS or coordinates they cannot handle
+PROJ_ERRORS = (ValueError, CRSError, RasterioError, CPLE_BaseError)
 from rasterio.enums import Resampling
 from rasterio.warp import reproject, transform as transform_points, transform_bounds
 
@@ -89,15 +98,57 @@ def grid_bounds(transform: Affine, width: int, height: int) -> tuple[float, floa
     return min(xs), min(ys), max(xs), max(ys)
 
 
-def corners_to_wgs84(crs: CRS, corners: dict[str, tuple[float, float]]) -> dict[str, list[float]]:
-    """Args: crs: the corners' CRS; corners: as grid_corners returns. Returns: the same corners as [lon, lat]."""
-    xs, ys = transform_points(crs, WGS84, [p[0] for p in corners.values()], [p[1] for p in corners.values()])
+def corners_to_wgs84(crs: CRS, corners: dict[str, tuple[float, float]]) -> dict[str, list[float]] | None:
+    """Args: crs: the corners' CRS; corners: as grid_corners returns.
+    Returns: the same corners as [lon, lat], or None where PROJ cannot transform them."""
+    try:
+        xs, ys = transform_points(crs, WGS84, [p[0] for p in corners.values()], [p[1] for p in corners.values()])
+    except PROJ_ERRORS:
+        return None
     return {name: [float(x), float(y)] for name, x, y in zip(corners, xs, ys)}
 
 
-def bounds_to_wgs84(crs: CRS, bounds: tuple[float, float, float, float]) -> list[float]:
-    """Args: crs: the bounds' CRS; bounds: (left, bottom, right, top). Returns: [west, south, east, north]."""
-    return [float(v) for v in transform_bounds(crs, WGS84, *bounds, densify_pts=21)]
+def bounds_to_wgs84(crs: CRS, bounds: tuple[float, float, float, float]) -> list[float] | None:
+    """Args: crs: the bounds' CRS; bounds: (left, bottom, right, top).
+    Returns: [west, south, east, north], or None where PROJ cannot transform them."""
+    try:
+        return [float(v) for v in transform_bounds(crs, WGS84, *bounds, densify_pts=21)]
+    except PROJ_ERRORS:
+        return None
+
+
+def mappable(crs: CRS) -> bool:
+    """Whether a CRS can be placed on a world map: geographic or projected, not a local engineering grid."""
+    return bool(crs.is_geographic or crs.is_projected)
+
+
+# no real raster has coordinates past these (degrees; metres or feet: 1e8 is 2.5 times round the earth)
+MAX_DEGREES_LON, MAX_DEGREES_LAT, MAX_PROJECTED = 540.0, 91.0, 1e8
+
+
+def check_plausible(crs: CRS, bounds: tuple[float, float, float, float]) -> None:
+    """Refuse coordinates no real raster has before PROJ sees them (it can spin for minutes on 1e30).
+
+    Args:
+        crs: a mappable CRS.
+        bounds: (left, bottom, right, top) in it.
+    Raises:
+        InvalidInput: not finite, or far outside any place on earth.
+    """
+    from geoworker.errors import InvalidInput
+
+    left, bottom, right, top = bounds
+    if not all(math.isfinite(v) for v in bounds):
+        raise InvalidInput("the file's georeferencing is broken: its bounds are not finite numbers")
+    if crs.is_geographic:
+        ok = max(abs(left), abs(right)) <= MAX_DEGREES_LON and max(abs(bottom), abs(top)) <= MAX_DEGREES_LAT
+        where = f"longitude {left:g}..{right:g}, latitude {bottom:g}..{top:g}"
+    else:
+        ok = max(abs(left), abs(right), abs(bottom), abs(top)) <= MAX_PROJECTED
+        where = f"x {left:g}..{right:g}, y {bottom:g}..{top:g}"
+    if not ok:
+        raise InvalidInput(f"the file's georeferencing is implausible: {where} is nowhere on earth in "
+                           f"{crs.to_string() or 'its CRS'}; check the geotransform")
 
 
 def _edge_points(transform: Affine, width: int, height: int, n: int = 21) -> tuple[np.ndarray, np.ndarray]:

@@ -40,13 +40,27 @@ def sha256_file(path: str | Path, chunk: int = 4 << 20) -> str:
 
 
 def read_georeference(ds: rasterio.DatasetReader) -> tuple[Georeference, list[str]]:
-    """The dataset's georeferencing, deriving an affine transform from GCPs when that is all there is.
+    """The dataset's georeferencing, checked: a local site grid is kept as such, nonsense is refused.
 
     Args:
         ds: an open dataset.
     Returns:
         (Georeference, warnings).
+    Raises:
+        InvalidInput: coordinates no real raster has (they would send PROJ into minutes of work).
     """
+    geo, notes = _read_georeference(ds)
+    if geo.crs is not None and not georef.mappable(geo.crs):
+        name = _crs_name(geo.crs) or "unnamed"
+        notes.append(f"the CRS ({name}) is a local engineering grid, which cannot be placed on a map: "
+                     "outputs stay on the source grid, without WGS84 bounds")
+        return Georeference(geo.crs, geo.transform, "local", geo.gcp_count), notes
+    if geo.crs is not None:
+        georef.check_plausible(geo.crs, georef.grid_bounds(geo.transform, ds.width, ds.height))
+    return geo, notes
+
+
+def _read_georeference(ds: rasterio.DatasetReader) -> tuple[Georeference, list[str]]:
     has_transform = ds.transform != Affine.identity() or (ds.crs is not None and not ds.gcps[0])
     if has_transform and ds.crs is not None:
         return Georeference(ds.crs, ds.transform, "transform"), []
@@ -137,7 +151,7 @@ def dataset_summary(ds: rasterio.DatasetReader, geo: Georeference) -> dict:
     }
     if geo.kind == "gcps":
         doc["gcp_count"] = geo.gcp_count
-    if geo.crs is not None:
+    if geo.crs is not None and geo.kind != "local":
         doc["bounds_wgs84"] = georef.bounds_to_wgs84(geo.crs, bounds)
         doc["corners_wgs84"] = georef.corners_to_wgs84(geo.crs, corners)
     return doc

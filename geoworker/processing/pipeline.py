@@ -22,7 +22,7 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 
-from geoworker.errors import InvalidInput, Unsupported
+from geoworker.errors import InvalidInput, Unsupported, first_line
 from geoworker.processing import encode, georef, metadata, read, render, validate
 from geoworker.processing.options import Options
 
@@ -147,6 +147,9 @@ def _output_crs(options: Options, geo: metadata.Georeference, run: _Run) -> CRS 
     if geo.crs is None:
         run.warn(f"coordinate_system {options.coordinate_system} was not applied: the file has no CRS to warp from")
         return None
+    if geo.kind == "local":
+        run.warn(f"coordinate_system {options.coordinate_system} was not applied: the file's CRS is a local grid")
+        return None
     target = CRS.from_user_input(options.coordinate_system)
     if target == geo.crs and not geo.rotated:
         return None
@@ -172,7 +175,11 @@ def _stage_warp(source: _Source, options: Options, run: _Run, plan: read.BandPla
     crs = source.geo.crs
     target = _output_crs(options, source.geo, run)
     if target is not None:
-        dst_transform, w, h = georef.warp_grid(transform, (width, height), crs, target, options.max_size)
+        try:
+            dst_transform, w, h = georef.warp_grid(transform, (width, height), crs, target, options.max_size)
+        except georef.PROJ_ERRORS as exc:
+            raise Unsupported(f"the image cannot be projected to {options.coordinate_system}: {first_line(exc)} "
+                              "(coordinate_system=native keeps the source grid)") from None
         bands, valid = georef.warp_image(bands, valid, transform, crs, dst_transform, target, (h, w),
                                          num_threads=READ_THREADS)
         transform, crs = dst_transform, target
