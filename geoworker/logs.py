@@ -9,7 +9,6 @@ are never interleaved or lost when the file rotates.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re

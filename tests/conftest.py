@@ -18,7 +18,7 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
-from geoworker import db
+from geoworker import db as gwdb
 from geoworker.jobs import JobQueue, RetryPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ def _admin_dsn() -> str:
     url = os.environ.get("GEOWORKER_TEST_DATABASE_URL")
     if url:
         return url
-    return db.embedded_dsn(str(ROOT / "var" / "test-postgres"))
+    return gwdb.embedded_dsn(str(ROOT / "var" / "test-postgres"))
 
 
 def dsn_for(admin: str, dbname: str) -> str:
@@ -54,9 +54,9 @@ def admin_dsn() -> str:
 def template_db(admin_dsn):
     name = f"gwtest_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     _admin_exec(admin_dsn, f'CREATE DATABASE "{name}"')
-    conn = db.connect(dsn_for(admin_dsn, name))
+    conn = gwdb.connect(dsn_for(admin_dsn, name))
     try:
-        db.migrate(conn)
+        gwdb.migrate(conn)
     finally:
         conn.close()
     yield name
@@ -105,6 +105,16 @@ def sql(dsn):
 
     yield run
     conn.close()
+
+
+@pytest.fixture
+def db(dsn):
+    """Plain reads of this test's database, for assertions (tests/service.py: Database)."""
+    from service import Database
+
+    database = Database(dsn)
+    yield database
+    database.close()
 
 
 @pytest.fixture

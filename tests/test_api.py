@@ -25,17 +25,11 @@ from rasterio.warp import transform_bounds
 import rasters
 from apiserver import (JWT_SECRET, SIGNING_SECRET, api, api_env, bearer, shared_api,  # noqa: F401 (fixtures)
                        user_token, worker_headers)
-from service import Database, Service, wait_for, write_config
+from service import Service, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(240)
 GEO_JOBS = "/api/geo-jobs"
 
-
-@pytest.fixture
-def db(dsn):
-    database = Database(dsn)
-    yield database
-    database.close()
 
 
 @pytest.fixture

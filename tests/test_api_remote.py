@@ -30,12 +30,6 @@ from service import Database, Service, child_pid, wait_for, write_config
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture
-def db(dsn):
-    database = Database(dsn)
-    yield database
-    database.close()
-
 
 def remote(api, worker: str = "remote-host:tag:101", wait: float = 0.0, token: str = WORKER_TOKEN) -> HttpJobQueue:
     return HttpJobQueue(api.base, token, worker, claim_wait=wait)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import os
 import re
 import signal
@@ -14,16 +13,10 @@ import psutil
 import pytest
 
 from geoworker.jobs import JobQueue
-from service import Database, Service, child_pid, submit, wait_for, write_config
+from service import Database, Service, child_pid, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(240)
 
-
-@pytest.fixture
-def db(dsn):
-    database = Database(dsn)
-    yield database
-    database.close()
 
 
 @pytest.fixture

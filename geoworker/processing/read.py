@@ -12,7 +12,6 @@ valid edges keep their colour instead of fading into black.
 from __future__ import annotations
 
 import functools
-import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
