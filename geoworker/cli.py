@@ -405,14 +405,6 @@ def cmd_api(args) -> int:
     return serve(load(args), host=args.host, port=args.port)
 
 
-def not_built(name: str, issue: str):
-    def command(args) -> int:
-        _err(f"`geoworker {name}` is not built yet ({issue})")
-        return EXIT_ERROR
-
-    return command
-
-
 # --- the parser -------------------------------------------------------------------------
 
 
