@@ -6,6 +6,7 @@ reference says, so a job on the local backend can still take an https:// input.
 
 from __future__ import annotations
 
+import abc
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ def input_reference(job) -> dict[str, Any]:
     raise InvalidInput("the job has no input (expected input.url or input.path)")
 
 
-class Backend:
+class Backend(abc.ABC):
     """Base of the local, s3 and http backends."""
 
     name = "base"
@@ -127,9 +128,9 @@ class Backend:
 
     # --- outputs ---------------------------------------------------------------------
 
+    @abc.abstractmethod
     def store_outputs(self, job, files: Mapping[str, Path]) -> dict[str, str]:
-        """Store each output file; returns {kind: reference}."""
-        raise NotImplementedError
+        """Store each output file; returns {kind: reference}. Each backend has its own."""
 
     def presign(self, reference: str) -> str | None:
         """A time-limited download URL for an output reference, where the backend can make one."""
