@@ -72,6 +72,10 @@ class BadParams(PermanentError):
 
     code = "invalid_input"
 
+    def __init__(self, message: str | None = None, key: str | None = None):
+        super().__init__(message)
+        self.key = key  # the parameter as the caller spelt it (maxSize or max_size), when one is to blame
+
 
 # --- transient: the world was unkind; try again later -------------------------------
 

@@ -8,10 +8,10 @@ outputs, result) are data and travel as they are stored.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import fields
 from typing import Any, Mapping
 
+from geoworker.casing import camel, snake
 from geoworker.jobs import Job
 
 WORKER_HEADER = "X-Geoworker-Worker"
@@ -22,17 +22,6 @@ MAX_CLAIM_WAIT = 30.0
 
 _TIMESTAMPS = {f.name for f in fields(Job) if "datetime" in str(f.type)}
 _JOB_FIELDS = {f.name for f in fields(Job)}
-
-
-def camel(name: str) -> str:
-    """run_at -> runAt."""
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-def snake(name: str) -> str:
-    """runAt -> run_at (and max_size stays max_size)."""
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(name)).lower().replace("-", "_")
 
 
 def job_to_wire(job: Job) -> dict[str, Any]:

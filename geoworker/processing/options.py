@@ -10,6 +10,7 @@ from typing import Any, Mapping
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
+from geoworker.casing import snake
 from geoworker.errors import BadParams
 
 STRETCHES = ("auto", "none", "minmax", "percentile")
@@ -42,7 +43,7 @@ class Options:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            value = _check_field(f.name, getattr(self, f.name))
+            value = check_option(f.name, getattr(self, f.name))
             object.__setattr__(self, f.name, value)
 
     @classmethod
@@ -63,7 +64,7 @@ class Options:
             if not isinstance(source, Mapping):
                 raise BadParams(f"params must be an object of key/value pairs, got {type(source).__name__}")
             for key, value in source.items():
-                name = _normalise_key(key)
+                name = normalise_key(key)
                 if name in names:
                     values[name] = value
         return cls(**values)
@@ -77,9 +78,10 @@ class Options:
         return {"png": "pgw", "jpeg": "jgw", "webp": "wpw"}[self.output_format]
 
 
-def _normalise_key(key: Any) -> str:
-    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", str(key)).lower().replace("-", "_")
-    return _CONFIG_KEYS.get(snake, snake)
+def normalise_key(key: Any) -> str:
+    """A parameter or [processing] key as an Options field name (camelCase accepted)."""
+    name = snake(key)
+    return _CONFIG_KEYS.get(name, name)
 
 
 def _bad(name: str, expected: str, value: Any) -> BadParams:
@@ -163,7 +165,8 @@ def _colormap(value: Any) -> str | None:
     return _choice("colormap", value, tuple(sorted(COLORMAPS)), {"grey": "gray"})
 
 
-def _check_field(name: str, value: Any) -> Any:
+def check_option(name: str, value: Any) -> Any:
+    """One Options field checked and normalised; BadParams naming it when wrong."""
     if name == "max_size":
         return _int(name, value, 16, 16384)
     if name == "thumbnail_size":
