@@ -28,8 +28,10 @@ from loguru import logger
 from geoworker import db, logs, tasks
 from geoworker.backoff import Backoff
 from geoworker.errors import DatabaseUnavailable, GeoworkerError, LockLost, describe
-from geoworker.jobs import Job, JobQueue
-from geoworker.remote import make_queue
+from geoworker.jobs import Job
+from geoworker.queue import Queue, open_queue
+from geoworker.storage import open_backend
+from geoworker.storage.workdir import create_workdir, remove_workdir
 
 CHILD_OK = 0
 CHILD_CRASHED = 1
@@ -66,7 +68,7 @@ class Child:
         self.log_fd = log_fd
         self.close_fds = close_fds
         self.worker_id = ""
-        self.queue: JobQueue | None = None
+        self.queue: Queue | None = None
         self.stopping = False
         self.jobs_done = 0
         self.current: Job | None = None
@@ -132,8 +134,8 @@ class Child:
     def boot(self) -> int:
         """Connect and subscribe; a child that cannot must not make the supervisor fork-loop."""
         s = self.settings
-        # JobQueue on the database, or HttpJobQueue on the API (queue.mode = "http")
-        self.queue = make_queue(s, self.worker_id, f"geoworker-child-{os.getpid()}", dsn=self.dsn,
+        # on the database, or on the API (queue.mode = "http"): the child only knows the Queue interface
+        self.queue = open_queue(s, self.worker_id, f"geoworker-child-{os.getpid()}", dsn=self.dsn,
                                 statement_timeout=STATEMENT_TIMEOUT)
         try:
             self.queue.ping()
@@ -192,8 +194,6 @@ class Child:
     # --- one job -----------------------------------------------------------------------
 
     def run_job(self, job: Job) -> None:
-        from geoworker.storage.workdir import create_workdir, remove_workdir
-
         self.current = job
         timeout = _timeout_param(job)
         self.send("busy", job=job.id, task=job.task_type, attempt=job.attempts, max_attempts=job.max_attempts,
@@ -243,7 +243,7 @@ class Child:
     def _complete(self, job: Job, result) -> None:
         """Record success; a worker that will go on claims its next job in the same statement."""
         go_on = not self.stopping and self.jobs_done + 1 < self.settings.worker.max_jobs_per_child
-        if not (go_on and hasattr(self.queue, "complete_and_claim")):  # HttpJobQueue: complete only
+        if not go_on:
             self.queue.complete(job.id, result.outputs, result.result)
             return
         completed, self._next = self.queue.complete_and_claim(job.id, result.outputs, result.result)
@@ -253,8 +253,6 @@ class Child:
     def storage(self):
         """The storage backend, opened once per child (after fork: it holds HTTP sessions)."""
         if self._storage is None:
-            from geoworker.storage import open_backend
-
             self._storage = open_backend(self.settings)
         return self._storage
 
@@ -330,7 +328,9 @@ class Child:
     # --- plumbing ------------------------------------------------------------------------
 
     def send(self, event: str, **data: Any) -> None:
-        line = (json.dumps({"event": event, **data}, default=str) + "\n").encode()
+        """One message to the supervisor, stamped with when it was sent (CLOCK_MONOTONIC is system-wide):
+        the watchdog judges a child by what it sent, not by when a stalled supervisor got round to reading it."""
+        line = (json.dumps({"event": event, "at": time.monotonic(), **data}, default=str) + "\n").encode()
         with self._ctl_lock:
             try:
                 os.write(self.ctl_fd, line)

@@ -14,6 +14,7 @@ import json
 import random
 import select
 import threading
+import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -114,8 +115,9 @@ class JobQueue:
 
     def __init__(self, dsn: str, worker_id: str = "cli", retry: RetryPolicy | None = None,
                  application_name: str = "geoworker", connect_timeout: float = 10, sslmode: str = "",
-                 prepare: bool = True, statement_timeout: float | None = None):
+                 prepare: bool = True, statement_timeout: float | None = None, own_schema: bool = False):
         self.dsn = dsn
+        self.own_schema = own_schema  # the embedded server: check() keeps its schema current
         self.worker_id = worker_id
         self.retry = retry or RetryPolicy()
         self.application_name = application_name
@@ -147,7 +149,8 @@ class JobQueue:
         d = settings.database
         return cls(dsn or db.resolve_dsn(settings), worker_id, RetryPolicy.from_settings(settings),
                    application_name=application_name, connect_timeout=connect_timeout or d.connect_timeout,
-                   sslmode=d.sslmode, prepare=d.prepared_statements, statement_timeout=statement_timeout)
+                   sslmode=d.sslmode, prepare=d.prepared_statements, statement_timeout=statement_timeout,
+                   own_schema=not d.dsn)
 
     # --- connection ---------------------------------------------------------------
 
@@ -168,6 +171,16 @@ class JobQueue:
     @property
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.closed
+
+    def check(self) -> None:
+        """Reachable, and the schema is the one this code needs (the embedded server's is migrated here)."""
+        if self.own_schema:
+            db.migrate(self.conn)  # nothing to coordinate on a private server: keep it current
+        db.require_schema(self.conn)
+
+    def wakeup_fd(self) -> int | None:
+        """The connection's socket while connected (for select() beside other fds); never connects."""
+        return self._conn.fileno() if self.connected else None
 
     def close(self) -> None:
         if self._conn is not None and not self._conn.closed:
@@ -471,10 +484,6 @@ class JobQueue:
                 cur.execute(f"LISTEN {channel}")
         self._channels.extend(new)
 
-    def fileno(self) -> int:
-        """The connection's socket, for select() in a loop that waits on more than the database."""
-        return self.conn.fileno()
-
     def notifications(self) -> list[tuple[str, str]]:
         """Read what has arrived, without blocking; returns (channel, payload) pairs."""
         with self._lock:
@@ -508,8 +517,6 @@ def _num(value: Any) -> float | None:
 
 
 def _is_uuid(value: str) -> bool:
-    import uuid
-
     try:
         uuid.UUID(str(value))
     except ValueError:

@@ -223,14 +223,14 @@ class SupervisorMetrics:
         if sup.queue is None or not sup.db_ok or now < self._queue_due:
             return
         self._queue_due = now + QUEUE_REFRESH
-        summary = sup._db_call(sup.queue.summary)
+        summary = sup.breaker.call(sup.queue.summary)
         if summary is not None:
             for state in ("ready", "scheduled", "running"):
                 self.queue_depth.labels(state).set(summary[state])
             self.oldest_ready.set(summary["oldest_ready_age"])
         if sup.db_ok and now >= self._status_due:
             self._status_due = now + STATUS_REFRESH
-            counts = sup._db_call(sup.queue.count_by_status)
+            counts = sup.breaker.call(sup.queue.count_by_status)
             for status, n in (counts or {}).items():
                 self.jobs_by_status.labels(status).set(n)
 

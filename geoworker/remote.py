@@ -1,7 +1,7 @@
 """The queue over HTTP, for workers that cannot reach the database (queue.mode = "http").
 
-`HttpJobQueue` has the methods the child and the supervisor call on `JobQueue`, with the
-same signatures and the same exceptions, so their retry and backoff paths work unchanged:
+`HttpJobQueue` implements geoworker.queue.Queue in full, with the same exceptions as
+`JobQueue`, so the child's and the supervisor's retry and backoff paths work unchanged:
 
     connection refused, timeout, 5xx            -> ApiUnavailable (a DatabaseUnavailable: retried)
     401/403                                     -> WorkerRefused (an ApiUnavailable; check() at a
@@ -16,8 +16,8 @@ worker.poll_interval seconds (the API answers the moment a NOTIFY says a job arr
 and `wait()` returns at once so that an idle child goes straight back to claiming. With
 database.listen = false the claim does not wait and the child polls every poll_interval.
 
-The supervisor's chores over HTTP: register/touch/stop workers and the queue summary
-(--drain) are API calls; `requeue_stale` and `forget_workers` do nothing here, because
+The supervisor's chores over HTTP: register/touch/stop workers, the job a dead child still
+held and the queue summary (--drain) are API calls; `requeue_stale` and `forget_workers` do nothing here, because
 the API process runs the stale-job reaper itself (it has the database); the cancel
 channel does not exist, and a cancelled running job is noticed by its child's next
 heartbeat (refused), which makes the supervisor stop it.
@@ -33,10 +33,23 @@ from urllib.parse import quote
 
 import requests
 
-from geoworker.api.wire import MAX_CLAIM_WAIT, WORKER_HEADER, WORKER_SCHEME, job_from_wire
+from geoworker.api.wire import (
+    MAX_CLAIM_WAIT,
+    WORKER_HEADER,
+    WORKER_SCHEME,
+    job_from_wire,
+)
 from geoworker.config import strip_url_secrets
-from geoworker.errors import ConfigError, DatabaseUnavailable, GeoworkerError, JobNotFound, LockLost, first_line
-from geoworker.jobs import Job, RetryPolicy
+from geoworker.db import hostname
+from geoworker.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    GeoworkerError,
+    JobNotFound,
+    LockLost,
+    first_line,
+)
+from geoworker.jobs import Job
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
@@ -64,13 +77,11 @@ class HttpJobQueue:
         claim_wait: seconds a claim may long-poll (0: answer at once).
     """
 
-    def __init__(self, base_url: str, token: str, worker_id: str = "cli", retry: RetryPolicy | None = None,
-                 claim_wait: float = 0.0, connect_timeout: float = CONNECT_TIMEOUT,
-                 read_timeout: float = READ_TIMEOUT):
+    def __init__(self, base_url: str, token: str, worker_id: str = "cli", claim_wait: float = 0.0,
+                 connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT):
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.worker_id = worker_id
-        self.retry = retry or RetryPolicy()  # kept for symmetry; the API's settings decide the backoff
         self.claim_wait = max(0.0, min(MAX_CLAIM_WAIT, claim_wait))
         self.timeout = (connect_timeout, read_timeout)
         self._local = threading.local()  # a session per thread: the child's heartbeat thread has its own
@@ -78,8 +89,9 @@ class HttpJobQueue:
     @classmethod
     def from_settings(cls, settings, worker_id: str = "cli") -> "HttpJobQueue":
         wait = settings.worker.poll_interval if settings.database.listen else 0.0
-        return cls(settings.api.base_url, settings.api.worker_token, worker_id, RetryPolicy.from_settings(settings),
-                   claim_wait=wait, connect_timeout=settings.database.connect_timeout)
+        # the retry backoff is the API's (its settings.retry), applied when it ends an attempt
+        return cls(settings.api.base_url, settings.api.worker_token, worker_id, claim_wait=wait,
+                   connect_timeout=settings.database.connect_timeout)
 
     # --- transport ------------------------------------------------------------------------
 
@@ -141,11 +153,7 @@ class HttpJobQueue:
         path = f"/api/internal/geo-jobs/{quote(str(job_id), safe='')}/{operation}"
         return self._call("PATCH", path, json=body, job_route=True)
 
-    # --- the JobQueue surface: connection ------------------------------------------------------
-
-    @property
-    def connected(self) -> bool:
-        return False  # nothing to select() on: the supervisor's loop then skips the database fd
+    # --- connection -------------------------------------------------------------------------
 
     def close(self) -> None:
         self._drop_session()
@@ -164,6 +172,10 @@ class HttpJobQueue:
     def listen(self, *channels: str) -> None:
         """No LISTEN over HTTP: claims long-poll instead."""
 
+    def wakeup_fd(self) -> int | None:
+        """Nothing to select() on: the supervisor's loop waits on its children and signals only."""
+        return None
+
     def notifications(self) -> list[tuple[str, str]]:
         return []
 
@@ -176,9 +188,18 @@ class HttpJobQueue:
 
     # --- consuming --------------------------------------------------------------------------
 
-    def claim(self) -> Job | None:
-        response = self._call("POST", "/api/internal/geo-jobs/claim", params={"wait": self.claim_wait},
-                              read_timeout=self.timeout[1] + self.claim_wait)
+    def claim(self, wait: float | None = None) -> Job | None:
+        """The next job; the API holds the request up to `wait` s (default claim_wait) for one to come."""
+        wait = self.claim_wait if wait is None else wait
+        response = self._call("POST", "/api/internal/geo-jobs/claim", params={"wait": wait},
+                              read_timeout=self.timeout[1] + wait)
+        if response.status_code == 204:
+            return None
+        return job_from_wire(self._expect(response, 200).json())
+
+    def held_job(self, worker_id: str | None = None) -> Job | None:
+        worker = quote(worker_id or self.worker_id, safe="")
+        response = self._call("GET", f"/api/internal/workers/{worker}/job")
         if response.status_code == 204:
             return None
         return job_from_wire(self._expect(response, 200).json())
@@ -195,12 +216,21 @@ class HttpJobQueue:
     def complete(self, job_id: str, outputs: Any = None, result: Any = None) -> Job:
         return self._job_or_lock_lost(self._job_call(job_id, "complete", {"outputs": outputs, "result": result}))
 
+    def complete_and_claim(self, job_id: str, outputs: Any = None, result: Any = None) -> tuple[bool, Job | None]:
+        """Two calls over HTTP (complete, then a claim that does not wait); LockLost is a refusal, as in JobQueue."""
+        try:
+            self.complete(job_id, outputs, result)
+            completed = True
+        except LockLost:
+            completed = False
+        return completed, self.claim(wait=0.0)
+
     def fail(self, job: Job, code: str, message: str, *, permanent: bool, reason: str = "error") -> Job:
         return self.end_attempt(job.id, job.attempts, holder=self.worker_id, code=code, message=message,
                                 permanent=permanent, reason=reason)
 
     def end_attempt(self, job_id: str, attempts: int, *, holder: str, code: str, message: str,
-                    permanent: bool = False, reason: str = "error", cursor=None, min_delay: float = 0.0) -> Job:
+                    permanent: bool = False, reason: str = "error", min_delay: float = 0.0) -> Job:
         body = {"errorCode": code, "message": _clip(" ".join(str(message).split()), 2000) or code,
                 "permanent": bool(permanent), "reason": reason, "holder": holder, "attempts": int(attempts),
                 "minDelay": float(min_delay)}
@@ -219,8 +249,6 @@ class HttpJobQueue:
 
     def register_worker(self, worker_id: str, kind: str, pid: int, parent_id: str | None = None,
                         host: str | None = None) -> None:
-        from geoworker.db import hostname
-
         body = {"id": worker_id, "kind": kind, "pid": pid, "host": host or hostname(), "parentId": parent_id}
         self._expect(self._call("POST", "/api/internal/workers", json=body), 200)
 
@@ -249,23 +277,6 @@ class HttpJobQueue:
         doc = self._expect(self._call("GET", "/api/internal/queue/summary"), 200).json()
         return {"ready": int(doc["ready"]), "scheduled": int(doc["scheduled"]), "running": int(doc["running"]),
                 "oldest_ready_age": float(doc["oldestReadyAge"])}
-
-
-def make_queue(settings, worker_id: str, application_name: str = "geoworker", dsn: str | None = None,
-               statement_timeout: float | None = None):
-    """The queue `settings.queue.mode` asks for: JobQueue on the database, or HttpJobQueue on the API.
-
-    In http mode nothing here touches the database: the DSN is not even resolved (so no
-    embedded server is started).
-
-    Args:
-        dsn: an already resolved DSN (the supervisor passes its own to its children).
-    """
-    if settings.queue.mode == "http":
-        return HttpJobQueue.from_settings(settings, worker_id)
-    from geoworker.jobs import JobQueue
-
-    return JobQueue.from_settings(settings, worker_id, application_name, dsn=dsn, statement_timeout=statement_timeout)
 
 
 def _message(response: requests.Response) -> str:

@@ -24,7 +24,8 @@ from apiserver import WORKER_TOKEN, api, api_env, bearer  # noqa: F401 (api, api
 from geoworker.config import load_settings
 from geoworker.errors import ConfigError, DatabaseUnavailable, JobNotFound, LockLost
 from geoworker.jobs import JobQueue
-from geoworker.remote import ApiUnavailable, HttpJobQueue, WorkerRefused, make_queue
+from geoworker.queue import open_queue
+from geoworker.remote import ApiUnavailable, HttpJobQueue, WorkerRefused
 from service import Database, Service, child_pid, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(240)
@@ -159,14 +160,14 @@ def test_transport_failures_are_retried_and_a_refused_token_is_a_configuration_e
         HttpJobQueue(api.base + "/elsewhere", WORKER_TOKEN, "w:1:1").ping()
 
 
-def test_make_queue_in_http_mode_resolves_no_dsn(tmp_path):
+def test_open_queue_in_http_mode_resolves_no_dsn(tmp_path):
     settings = load_settings(environ={"GEOWORKER_QUEUE_MODE": "http", "API_BASE_URL": "http://127.0.0.1:9",
                                       "WORKER_AUTH_TOKEN": "t"}, base_dir=tmp_path)
-    q = make_queue(settings, "w:1:1")
-    assert isinstance(q, HttpJobQueue) and not q.connected
+    q = open_queue(settings, "w:1:1")
+    assert isinstance(q, HttpJobQueue) and q.wakeup_fd() is None
     assert not (tmp_path / "var").exists(), "no embedded server may be started for an http-mode worker"
     db_settings = load_settings(environ={"DATABASE_URL": "postgresql://x@127.0.0.1:9/x"}, base_dir=tmp_path)
-    assert isinstance(make_queue(db_settings, "w:1:1"), JobQueue)
+    assert isinstance(open_queue(db_settings, "w:1:1"), JobQueue)
 
 
 def _closed_port() -> int:
@@ -210,7 +211,7 @@ def remote_service(api, tmp_path):
 def _config(svc: Service) -> dict:
     import json
 
-    from conftest import run_cli
+    from service import run_cli
 
     result = run_cli(["config", "--json"], svc.env, cwd=svc.home)
     assert result.returncode == 0, result.stderr

@@ -247,7 +247,7 @@ def test_cancel_of_a_running_job_stops_its_child(make_service, queue, db, cli_en
     job = queue.enqueue("debug.sleep", {"seconds": 60})
     svc = make_service(worker={"concurrency": 1})
     pid = wait_for(lambda: list(busy_children(db, svc)), 30)[0]
-    from conftest import run_cli
+    from service import run_cli
 
     assert run_cli(["cancel", job.id], {**cli_env, "GEOWORKER_CONFIG": str(svc.config_path)}, cwd=tmp_path).returncode == 0
     wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 15,
@@ -391,3 +391,33 @@ def test_a_hung_database_does_not_stop_the_watchdog(make_service, queue, db, dsn
         assert svc.wait(60) == 0
     finally:
         proxy.close()
+
+
+@pytest.mark.slow
+def test_a_frozen_supervisor_does_not_kill_healthy_children_when_it_resumes(make_service, queue, db):
+    """SIGSTOP the supervisor longer than stale_after, let a child die meanwhile, SIGCONT it: the children
+    that kept working are judged by the pings they sent during the stall, not killed as "stopped responding"."""
+    jobs = [queue.enqueue("debug.sleep", {"seconds": 14}).id for _ in range(3)]
+    svc = make_service(worker={"concurrency": 3, "heartbeat_interval": 1.0, "stale_after": 3.0})
+    busy = wait_for(lambda: (lambda b: b if len(b) == 3 else None)(busy_children(db, svc)), 60, what="3 busy children")
+    victim, victim_job = sorted(busy.items())[0]
+    healthy = {pid: job for pid, job in busy.items() if pid != victim}
+    time.sleep(1.0)
+    svc.signal(signal.SIGSTOP)
+    try:
+        time.sleep(5.0)  # longer than stale_after: every child's pings wait unread in its pipe
+        os.kill(victim, signal.SIGKILL)  # its SIGCHLD wakes the supervisor the moment it resumes
+        time.sleep(0.5)
+    finally:
+        svc.signal(signal.SIGCONT)
+    wait_for(lambda: all(db.job(j)["status"] in ("succeeded", "failed") for j in healthy.values()), 60,
+             what="the healthy children's jobs to finish")
+    for pid, job_id in healthy.items():
+        job = db.job(job_id)
+        assert (job["status"], job["attempts"]) == ("succeeded", 1), \
+            f"child {pid} was killed after the stall: {event_kinds(db, job_id)} / {job['last_error']}"
+    assert "stopped responding" not in svc.log()
+    crashed = [e for e in db.events(victim_job) if e["kind"] == "retry_scheduled"]
+    assert crashed and crashed[0]["data"]["reason"] == "crashed", "the child that really died is settled as crashed"
+    wait_for(lambda: db.statuses().get("succeeded") == 3, 60, what="the victim's job to be retried and succeed")
+    assert set(jobs) == {str(r["id"]) for r in db.rows("SELECT id FROM geo_jobs WHERE status = 'succeeded'")}

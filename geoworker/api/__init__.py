@@ -6,7 +6,7 @@
     worker.py   /api/internal/... for remote workers (Worker token + X-Geoworker-Worker)
     auth.py     who is calling; errors.py the one error shape; schemas.py request/response bodies
     views.py    a job as a user sees it; wire.py the camelCase wire format (shared with geoworker.remote)
-    state.py    connection pool, NOTIFY listener, stale-job reaper
+    state.py    connection pool, NOTIFY listener, stale-job rescuer
     server.py   serve(): uvicorn
 
 This package imports nothing heavy at import time: geoworker.remote uses wire.py without

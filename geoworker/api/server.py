@@ -3,7 +3,7 @@
 One process is enough for the platform's traffic: requests are short (uploads stream in
 chunks on the event loop's thread pool, downloads are sent by the server), and every bit
 of state is in PostgreSQL. For more, run several `geoworker api` behind a load balancer
-with the same secrets; each runs its own reaper, which is safe (SKIP LOCKED).
+with the same secrets; each runs its own stale-job rescuer, which is safe (SKIP LOCKED).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""What the API process holds between requests: database connections, a NOTIFY listener, the reaper.
+"""What the API process holds between requests: database connections, a NOTIFY listener, the rescuer.
 
 Requests run in a thread pool; each borrows a JobQueue (one connection each) from a small
 pool for the length of the request, with its identity (the actor written to events, or
 the worker's lock id) set for that request. The listener thread turns NOTIFY into wake-ups
-for long-polling claims; the reaper thread rescues stale jobs, because remote workers
-(queue.mode = "http") cannot: the API is the only part of their fleet with the database.
+for long-polling claims; the rescuer thread (geoworker.rescue, as every supervisor runs it)
+rescues stale jobs, because remote workers (queue.mode = "http") cannot: the API is the
+only part of their fleet with the database.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import contextlib
 import os
 import queue as stdqueue
 import threading
-import time
 from typing import Any, Iterator
 
 from loguru import logger
@@ -23,10 +23,10 @@ from geoworker import db
 from geoworker.backoff import Backoff
 from geoworker.errors import ConfigError, DatabaseUnavailable
 from geoworker.jobs import JobQueue
+from geoworker.rescue import RescueThread, Rescuer
 
 POOL_SIZE = 8  # connections; requests beyond that wait for one (the thread pool has 40 threads)
 POOL_WAIT = 10.0  # seconds a request waits for a connection before answering 503
-FORGET_EVERY = 3600.0
 STATEMENT_TIMEOUT = 30.0  # seconds: a request must not hang on a stalled database
 
 
@@ -129,54 +129,6 @@ class Notifier:
         queue.close()
 
 
-class Reaper:
-    """Rescue stale running jobs every few seconds (any host's, remote workers' included)."""
-
-    def __init__(self, settings, dsn: str):
-        self.settings = settings
-        self.dsn = dsn
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="api-reaper", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    @property
-    def interval(self) -> float:
-        # as often as the supervisors' own reapers look
-        return max(1.0, min(10.0, self.settings.worker.stale_after / 4))
-
-    def _run(self) -> None:
-        s = self.settings
-        queue = JobQueue.from_settings(s, f"api-reaper:{db.hostname()}:{os.getpid()}",
-                                       f"geoworker-api-reaper-{os.getpid()}", dsn=self.dsn,
-                                       statement_timeout=STATEMENT_TIMEOUT)
-        forget_at = time.monotonic() + 60
-        warned = False
-        while not self._stop.wait(self.interval):
-            try:
-                for job in queue.requeue_stale(s.worker.stale_after):
-                    logger.warning(f"rescued job {job.id} from a worker that is gone: now {job.status}"
-                                   + (f" ({job.last_error})" if job.last_error else ""))
-                if time.monotonic() >= forget_at:
-                    forget_at = time.monotonic() + FORGET_EVERY
-                    queue.forget_workers(older_than=7 * 86400)
-                warned = False
-            except DatabaseUnavailable as exc:
-                if not warned:
-                    logger.error(f"stale-job reaper: database unavailable, will keep trying: {exc}")
-                    warned = True
-            except Exception:
-                logger.exception("stale-job reaper failed")
-        queue.close()
-
-
 class ApiState:
     """Everything a request handler reaches through `request.app.state.api`."""
 
@@ -185,7 +137,8 @@ class ApiState:
         self.dsn = dsn if dsn is not None else db.resolve_dsn(settings)
         self.pool = QueuePool(settings, self.dsn)
         self.notifier = Notifier(settings, self.dsn)
-        self.reaper = Reaper(settings, self.dsn)
+        # remote workers (queue.mode = "http") cannot rescue: the API, which has the database, does
+        self.rescuer = RescueThread(Rescuer(settings.worker.stale_after), self._rescuer_queue)
         # jobs with an upload streaming in; touched on the event loop only (see api.files)
         self.uploading: set[str] = set()
         self._backend: Any = None
@@ -194,22 +147,25 @@ class ApiState:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.check_database()
         self.notifier.start(loop)
-        self.reaper.start()
+        self.rescuer.start()
 
     def stop(self) -> None:
         self.notifier.stop()
-        self.reaper.stop()
+        self.rescuer.stop()
         self.pool.close()
         if self._backend is not None:
             self._backend.close()
+
+    def _rescuer_queue(self) -> JobQueue:
+        return JobQueue.from_settings(self.settings, f"api-reaper:{db.hostname()}:{os.getpid()}",
+                                      f"geoworker-api-reaper-{os.getpid()}", dsn=self.dsn,
+                                      statement_timeout=STATEMENT_TIMEOUT)
 
     def check_database(self) -> None:
         """At start: keep an embedded database current, refuse an old schema, tolerate an outage."""
         try:
             with self.pool.lease("api") as queue:
-                if not self.settings.database.dsn:
-                    db.migrate(queue.conn)  # our private server: nothing to coordinate
-                db.require_schema(queue.conn)
+                queue.check()  # an embedded server's schema is ours to keep current
         except DatabaseUnavailable as exc:
             logger.error(f"database unavailable at start; /health says so until it is back: {exc}")
 

@@ -16,20 +16,21 @@ database mode. The lock semantics are jobs.py's own, because these routes call i
     release     another worker: a supervisor settling the job of a child it killed.
 
 The remote supervisor's chores: workers (register, touch, stop) keep geo_workers true for
-`geoworker stats` and for the reaper, which leaves a live worker's job alone; queue/summary
-serves `geoworker run --drain`. Stale-job rescue runs in the API process itself.
+`geoworker stats` and for the reaper, which leaves a live worker's job alone; workers/{id}/job
+tells it what a dead child still held; queue/summary serves `geoworker run --drain`. Stale-job rescue runs in the API process itself.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from loguru import logger
 
-from geoworker.api.auth import current_worker
+from geoworker.api.auth import current_worker, valid_worker_id
 from geoworker.api.errors import ApiError, check_json
 from geoworker.api.schemas import (Complete, Fail, Held, Ok, Progress, QueueSummary, Release, WorkerRegistration,
                                    WorkersSeen, WorkersStopped)
@@ -47,8 +48,6 @@ WAIT_SLICE = 5.0  # re-check at least this often: a retry whose run_at comes due
 
 
 def _job_id(raw: str) -> str:
-    import uuid
-
     try:
         return str(uuid.UUID(raw))
     except ValueError:
@@ -163,6 +162,16 @@ def stop_workers(body: WorkersStopped, request: Request, worker: str = Depends(c
     with api_state(request).pool.lease(worker) as queue:
         queue.stop_workers(body.ids)
     return {"ok": True, "worker": worker}
+
+
+@router.get("/workers/{worker_id}/job", summary="The running job a worker holds",
+            responses={**AUTH, 200: JOB, 204: {"description": "it holds none"}})
+def held_job(worker_id: str, request: Request, worker: str = Depends(current_worker)):
+    """A supervisor asks what a child it lost still held (a job claimed in the same call that completed the last)."""
+    valid_worker_id(worker_id, "worker_id")
+    with api_state(request).pool.lease(worker) as queue:
+        job = queue.held_job(worker_id)
+    return Response(status_code=204) if job is None else JSONResponse(job_to_wire(job))
 
 
 @router.get("/queue/summary", response_model=QueueSummary, summary="Claimable, scheduled and running counts",
