@@ -129,15 +129,17 @@ def read_stamps(path: str | Path) -> dict[str, list[float]]:
 
 def register_geoworker_stamp() -> None:
     from geoworker import tasks
+    from geoworker.tasks.params import COMMON, Schema
 
     path = os.environ["BENCH_STAMP_FILE"]
 
-    @tasks.task("bench.stamp", debug=True)
     def bench_stamp(ctx):
         """Record the moment the task starts (pickup latency), then succeed."""
         t = time.time()
         append_stamp(path, str(ctx.params.get("key")), t)
         return tasks.TaskResult(result={"t": t, "pid": os.getpid()})
+
+    tasks.register(tasks.Task("bench.stamp", bench_stamp, COMMON + Schema(open=True), "pickup latency", debug=True))
 
 
 def geoworker_stamp_main() -> int:

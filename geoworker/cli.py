@@ -1,6 +1,6 @@
 """The command line: `geoworker <command>` (and `python -m geoworker`).
 
-A contract that tests and operators script against (DESIGN.md section 7). A user
+A contract that tests and operators script against (README.md, Command line). A user
 mistake is one line on stderr and a non-zero exit, never a traceback.
 """
 
@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from geoworker import __version__
+from geoworker import __version__, db, tasks
+from geoworker.config import load_settings
 from geoworker.errors import ConfigError, DatabaseUnavailable, GeoworkerError
+from geoworker.jobs import Status
+from geoworker.logs import setup_cli_logging
+from geoworker.submit import SubmissionRefused, prepare, submit
+from geoworker.submit import open_queue as open_checked_queue
 
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
@@ -31,8 +35,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    from geoworker.logs import setup_cli_logging
-
     setup_cli_logging()
     try:
         return int(args.func(args) or 0)
@@ -44,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except GeoworkerError as exc:
         _err(str(exc))
-        return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
+        return EXIT_USAGE if isinstance(exc, (UsageError, SubmissionRefused)) else EXIT_ERROR
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `geoworker list | head`
@@ -63,21 +65,11 @@ def _out(data: Any) -> None:
 
 
 def load(args):
-    from geoworker.config import load_settings
-
     return load_settings(getattr(args, "config", None))
 
 
-def open_queue(settings, worker_id: str = "cli"):
-    """A JobQueue on the configured database, its schema checked (the embedded one is migrated)."""
-    from geoworker import db
-    from geoworker.jobs import JobQueue
-
-    queue = JobQueue.from_settings(settings, worker_id=worker_id, application_name=f"geoworker-{worker_id}")
-    if not settings.database.dsn:
-        db.migrate(queue.conn)  # nothing to coordinate on a private server: keep it current
-    db.require_schema(queue.conn)
-    return queue
+def open_queue(settings):
+    return open_checked_queue(settings, "cli")
 
 
 def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
@@ -100,8 +92,6 @@ def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_migrate(args) -> int:
-    from geoworker import db
-
     settings = load(args)
     conn = db.connect_settings(settings, "geoworker-migrate")
     try:
@@ -117,99 +107,18 @@ def cmd_migrate(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from geoworker import tasks
-
     settings = load(args)
     params = parse_params(args.param or [])
-    task = tasks.get(args.task, settings)
     if args.max_attempts is not None and args.max_attempts < 1:
         raise UsageError("--max-attempts must be at least 1")
-    if task.needs_input and not args.source:
-        raise UsageError(f"task {task.name} needs an input: geoworker submit FILE|URL --task {task.name}")
-    if task.needs_input:  # the raster tasks: a bad param is refused now, not as a failed job later
-        from geoworker.raster_tasks import options_for
-
-        options_for(settings, params)
-    input_ref = _input_reference(args.source, settings) if args.source else None
-    queue = open_queue(settings)
-    job = submit_job(queue, settings, task.name, input_ref, params, priority=args.priority,
-                     max_attempts=args.max_attempts or settings.retry.max_attempts)
+    # everything is checked before the database is touched: a mistake creates no job
+    sub = prepare(settings, args.task, args.source, params, priority=args.priority, max_attempts=args.max_attempts)
+    job = submit(open_queue(settings), settings, sub)
     if args.json:
         _out(job.to_dict())
     else:
         print(job.id)
     return 0
-
-
-def submit_job(queue, settings, task_name: str, input_ref, params, priority: int = 0, max_attempts: int = 5):
-    """Create the job; a local file is first stored as its input (the job exists first, so it has a home)."""
-    from geoworker.jobs import Status
-
-    if isinstance(input_ref, Path):
-        job = queue.enqueue(task_name, params, priority=priority, status=Status.PENDING, max_attempts=max_attempts)
-        return _copy_input_in(job, input_ref, settings, queue)
-    return queue.enqueue(task_name, params, input=input_ref, priority=priority, max_attempts=max_attempts)
-
-
-def _input_reference(source: str, settings) -> dict[str, Any] | Path:
-    """Check an input on the command line: a URL becomes its reference, a file its checked path.
-
-    URLs are checked against the storage rules now (scheme, allowed hosts, bucket), so that a
-    typo is a one-line error here rather than a failed job; addresses are checked by the worker.
-    """
-    if "://" in source:
-        return _url_reference(source, settings)
-    path = Path(source)
-    if not path.exists():
-        raise UsageError(f"{source}: no such file")
-    if not path.is_file():
-        raise UsageError(f"{source}: not a regular file")
-    if not os.access(path, os.R_OK):
-        raise UsageError(f"{source}: not readable")
-    size, limit = path.stat().st_size, settings.storage.max_file_size
-    if size > limit:
-        raise UsageError(f"{source}: {size} bytes is more than storage.max_file_size ({limit} bytes)")
-    if settings.storage.backend == "http":
-        raise UsageError("storage.backend = \"http\" takes its inputs from the platform's signed URLs, "
-                         "not from local files")
-    return path.resolve()
-
-
-def _url_reference(source: str, settings) -> dict[str, Any]:
-    from urllib.parse import urlsplit
-
-    from geoworker.storage import UrlPolicy, UrlRefused
-
-    if urlsplit(source).scheme.lower() == "s3":
-        from geoworker.storage.s3 import parse_s3_url
-
-        bucket, _key = parse_s3_url(source)
-        if settings.storage.backend != "s3":
-            raise UsageError("s3:// inputs need storage.backend = \"s3\"")
-        if bucket != settings.storage.bucket:
-            raise UsageError(f"s3 inputs must be in the configured bucket {settings.storage.bucket!r}, not {bucket!r}")
-        return {"url": source}
-    try:
-        UrlPolicy.from_settings(settings).check_url(source)
-    except UrlRefused as exc:
-        raise UsageError(str(exc)) from None
-    return {"url": source}
-
-
-def _copy_input_in(job, path: Path, settings, queue):
-    """Store the file as the pending job's input, then queue the job; cancel the job if storing fails."""
-    from geoworker.storage import open_backend
-
-    try:
-        with open_backend(settings) as backend:
-            ref = backend.import_file(job.id, path)
-    except BaseException as exc:
-        reason = str(exc) if isinstance(exc, GeoworkerError) else f"{type(exc).__name__}: {exc}"
-        queue.cancel(job.id, reason=f"the input could not be stored: {reason}")
-        if isinstance(exc, OSError):
-            raise GeoworkerError(f"{path.name}: cannot store the input: {exc.strerror or exc}") from None
-        raise
-    return queue.queue_pending(job.id, ref, data={"name": ref.get("name"), "size": ref.get("size")})
 
 
 def cmd_status(args) -> int:
@@ -252,8 +161,6 @@ def cmd_events(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from geoworker.jobs import Status
-
     if args.status and args.status not in {s.value for s in Status}:
         raise UsageError(f"--status must be one of {', '.join(s.value for s in Status)}")
     if args.limit < 1:
@@ -284,7 +191,7 @@ def cmd_retry(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from geoworker.supervisor import run_service
+    from geoworker.supervisor import run_service  # late: psutil and the pool, only for `run`
 
     settings = load(args)
     if args.concurrency is not None and args.concurrency < 1:
@@ -293,15 +200,16 @@ def cmd_run(args) -> int:
 
 
 def cmd_process(args) -> int:
-    """The pipeline on one file, no queue: what a job would produce, in --out."""
-    from geoworker.processing import process_file
-    from geoworker.raster_tasks import options_for
-
+    """A task's work on one file, no queue: what a job would produce, in --out."""
     settings = load(args)
+    task = tasks.get(args.task, settings)
+    if task.produce is None:
+        raise UsageError(f"task {task.name} does not turn a file into outputs; `geoworker process` runs file tasks "
+                         f"({', '.join(n for n, t in tasks.available(settings).items() if t.produce)})")
     src = Path(args.input)
     if not src.is_file():
         raise UsageError(f"{args.input}: no such file")
-    options = options_for(settings, parse_params(args.param or []))
+    params = tasks.validate_params(task, parse_params(args.param or []), settings)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -315,20 +223,22 @@ def cmd_process(args) -> int:
         if not quiet:
             print(f"{percent:3d}%  {message}", file=sys.stderr)
 
-    result = process_file(src, out, options, progress=progress)
+    result = task.produce(src, out, params, settings, progress=progress)
     if args.json:
         _out(result)
         return 0
-    for kind, name in result["outputs"].items():
+    for kind, name in (result.get("outputs") or {}).items():
         if name:
             print(f"{kind:<11} {out / name}")
-    for warning in result.get("warnings") or []:
+    if not result.get("outputs"):
+        _out(result.get("metadata", result))
+    for warning in result.get("warnings") or (result.get("metadata") or {}).get("warnings") or []:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
 def cmd_demo(args) -> int:
-    from geoworker.demo import run_demo
+    from geoworker.demo import run_demo  # late: rasterio (0.5 s), only for the demo
 
     return run_demo(load(args), keep_going=args.keep_going)
 
@@ -386,7 +296,7 @@ def cmd_stats(args) -> int:
 
 def cmd_health(args) -> int:
     """Database, API, file system and dependencies; exit 0 when healthy, 1 otherwise."""
-    from geoworker import health
+    from geoworker import health  # late: it imports every dependency it checks
 
     checks = health.run_checks(load(args))
     if args.json:
@@ -398,7 +308,7 @@ def cmd_health(args) -> int:
 
 def cmd_api(args) -> int:
     """The HTTP API in the foreground (uvicorn), until TERM/INT."""
-    from geoworker.api import serve
+    from geoworker.api import serve  # late: FastAPI and uvicorn, only for `api`
 
     if args.port is not None and not 0 < args.port < 65536:
         raise UsageError("--port must be between 1 and 65535")
@@ -449,8 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("cancel", cmd_cancel, "cancel a pending, queued or running job").add_argument("job_id", metavar="JOB_ID")
     add("retry", cmd_retry, "queue a failed or cancelled job again").add_argument("job_id", metavar="JOB_ID")
 
-    p = add("process", cmd_process, "run the pipeline on one file, no queue")
+    p = add("process", cmd_process, "run a task on one file, no queue: its outputs go to --out")
     p.add_argument("input", metavar="IN.tif")
+    p.add_argument("--task", default="geotiff_to_png", help="task type (default: geotiff_to_png)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="e.g. max_size=2048, stretch=minmax")
     p.add_argument("--json", action="store_true", help="print the result (metadata summary, timings) as JSON")

@@ -11,21 +11,20 @@ import dataclasses
 from pathlib import Path
 
 from geoworker.errors import GeoworkerError
+from geoworker.processing import write_sample_orthophoto
+from geoworker.submit import open_queue, prepare, submit
+from geoworker.supervisor import run_service
 
 
 def run_demo(settings, keep_going: bool = False) -> int:
-    from geoworker.cli import open_queue, submit_job
-    from geoworker.processing import write_sample_orthophoto
-    from geoworker.supervisor import run_service
-
     # the demo's own output is the summary below; the service logs only warnings to the terminal
     quiet = dataclasses.replace(settings, logging=dataclasses.replace(settings.logging, level="WARNING"))
     sample = Path(settings.base_dir) / "var" / "demo" / "sample_ortho_utm38n.tif"
     write_sample_orthophoto(sample)
     print(f"sample GeoTIFF:  {sample}")
 
-    queue = open_queue(settings)
-    job = submit_job(queue, settings, "geotiff_to_png", sample, {}, max_attempts=settings.retry.max_attempts)
+    queue = open_queue(settings, "demo")
+    job = submit(queue, settings, prepare(settings, "geotiff_to_png", sample))
     print(f"submitted job:   {job.id}")
     print("running the service until the queue is drained ...", flush=True)
     code = run_service(quiet, concurrency=1, drain=not keep_going)

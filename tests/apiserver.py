@@ -107,7 +107,7 @@ FAST = {"GEOWORKER_WORKER_HEARTBEAT_INTERVAL": "1", "GEOWORKER_WORKER_DEBUG_TASK
 @contextlib.contextmanager
 def module_database(admin_dsn: str, template: str):
     """A migrated database for a whole module (tests that need no isolation share one server)."""
-    from conftest import _admin_exec, dsn_for
+    from pgtest import admin_exec as _admin_exec, dsn_for
 
     name = f"gwtest_api_{uuid.uuid4().hex[:10]}"
     _admin_exec(admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')

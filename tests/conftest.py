@@ -9,10 +9,7 @@ its own copy (CREATE DATABASE ... TEMPLATE, a file copy) and it is dropped after
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import psycopg2
 import psycopg2.extensions
@@ -20,47 +17,26 @@ import pytest
 
 from geoworker import db as gwdb
 from geoworker.jobs import JobQueue, RetryPolicy
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _admin_dsn() -> str:
-    url = os.environ.get("GEOWORKER_TEST_DATABASE_URL")
-    if url:
-        return url
-    return gwdb.embedded_dsn(str(ROOT / "var" / "test-postgres"))
-
-
-def dsn_for(admin: str, dbname: str) -> str:
-    return psycopg2.extensions.make_dsn(admin, dbname=dbname)
-
-
-def _admin_exec(admin: str, sql: str) -> None:
-    conn = psycopg2.connect(admin)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
+from pgtest import admin_exec, default_admin_dsn, dsn_for
+from service import Database
 
 
 @pytest.fixture(scope="session")
 def admin_dsn() -> str:
-    return _admin_dsn()
+    return default_admin_dsn()
 
 
 @pytest.fixture(scope="session")
 def template_db(admin_dsn):
     name = f"gwtest_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    _admin_exec(admin_dsn, f'CREATE DATABASE "{name}"')
+    admin_exec(admin_dsn, f'CREATE DATABASE "{name}"')
     conn = gwdb.connect(dsn_for(admin_dsn, name))
     try:
         gwdb.migrate(conn)
     finally:
         conn.close()
     yield name
-    _admin_exec(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_exec(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -70,13 +46,13 @@ def fresh_db(admin_dsn):
 
     def make(template: str = "template0") -> str:
         name = f"gwtest_{uuid.uuid4().hex[:12]}"
-        _admin_exec(admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        admin_exec(admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         made.append(name)
         return dsn_for(admin_dsn, name)
 
     yield make
     for name in made:
-        _admin_exec(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_exec(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -110,8 +86,6 @@ def sql(dsn):
 @pytest.fixture
 def db(dsn):
     """Plain reads of this test's database, for assertions (tests/service.py: Database)."""
-    from service import Database
-
     database = Database(dsn)
     yield database
     database.close()
@@ -127,9 +101,3 @@ def cli_env(dsn, tmp_path):
                 "GEOWORKER_STORAGE_TEMP_DIR": str(tmp_path / "tmp"),
                 "GEOWORKER_METRICS_PORT": "0", "PYTHONUNBUFFERED": "1"})
     return env
-
-
-def run_cli(args, env, cwd=None, timeout=120, input=None):
-    """`python -m geoworker ARGS` as a user would run it; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, "-m", "geoworker", *args], env=env, cwd=cwd, input=input,
-                          capture_output=True, text=True, timeout=timeout)

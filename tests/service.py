@@ -14,7 +14,8 @@ import psutil
 import psycopg2
 import psycopg2.extras
 
-from conftest import run_cli
+from pgtest import ROOT  # noqa: F401  (tests import it from here)
+
 
 
 def toml_value(value: Any) -> str:
@@ -213,3 +214,9 @@ class FreezingProxy:
     def close(self) -> None:
         self.stopped.set()
         self.listener.close()
+
+
+def run_cli(args, env, cwd=None, timeout=120, input=None):
+    """`python -m geoworker ARGS` as a user would run it; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "geoworker", *args], env=env, cwd=cwd, input=input,
+                          capture_output=True, text=True, timeout=timeout)

@@ -108,7 +108,8 @@ def test_the_platforms_flow_create_upload_watch_download(api, service, db, tmp_p
     done = wait_for(finished, 90, interval=0.05, what="the job to finish")
     assert done["status"] == "succeeded", done
     assert (done["progress"], done["attempts"], done["errorCode"]) == (100, 1, None)
-    assert set(done["outputs"]) >= {"png", "thumbnail", "world_file", "prj", "metadata"}
+    assert set(done["outputs"]) >= {"image", "thumbnail", "world_file", "prj", "metadata"}
+    assert done["outputs"]["png"] == done["outputs"]["image"], "the old kind is still readable for one release"
     assert "path" not in json.dumps(done["input"]) and "/jobs/" not in json.dumps(done)  # no server paths
     progress = [d["progress"] for d in seen]
     assert progress == sorted(progress), "progress went backwards"
@@ -124,7 +125,7 @@ def test_the_platforms_flow_create_upload_watch_download(api, service, db, tmp_p
     r = requests.get(api.url(f"{GEO_JOBS}/{job_id}/download/output"), headers=bearer(), timeout=10)
     assert r.status_code == 200, r.text
     listing = r.json()
-    assert {f["kind"] for f in listing["files"]} == set(done["outputs"])
+    assert {f["kind"] for f in listing["files"]} == set(done["outputs"]) - {"png"}  # the alias is no file
     out = tmp_path / "downloaded"
     out.mkdir()
     for item in listing["files"]:
@@ -135,10 +136,10 @@ def test_the_platforms_flow_create_upload_watch_download(api, service, db, tmp_p
         assert item["sha256"] == __import__("hashlib").sha256(got.content).hexdigest(), item
         (out / item["fileName"]).write_bytes(got.content)
     names = {f["kind"]: f["fileName"] for f in listing["files"]}
-    assert names["png"] == "site_plan.png" and names["world_file"] == "site_plan.pgw"
+    assert names["image"] == "site_plan.png" and names["world_file"] == "site_plan.pgw"
 
     world = [float(v) for v in (out / names["world_file"]).read_text().split()]
-    with rasterio.open(out / names["png"]) as png:
+    with rasterio.open(out / names["image"]) as png:
         assert png.driver == "PNG" and max(png.width, png.height) <= 2048
         assert png.crs == CRS.from_epsg(4326)
         a, d, b, e, c, f = world
@@ -378,7 +379,7 @@ def test_openapi_document_is_served_and_health_reports_the_schema(shared_api):
 
 
 def test_the_api_will_not_start_without_its_secrets(cli_env):
-    from conftest import run_cli
+    from service import run_cli
 
     result = run_cli(["api"], cli_env, timeout=60)
     assert result.returncode == 2, result.stderr

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import run_cli
+from service import run_cli
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 

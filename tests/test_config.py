@@ -9,7 +9,7 @@ import pytest
 from geoworker.config import SECTIONS, Settings, load_settings
 from geoworker.errors import ConfigError
 
-from conftest import ROOT, run_cli
+from service import ROOT, run_cli
 
 ENV_OVERRIDES = [
     ("WORKER_NAME", "ortho-1", "worker", "name", "ortho-1"),

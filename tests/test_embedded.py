@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import rasterio
 
-from conftest import run_cli
+from service import run_cli
 
 
 def _postmaster_pid(data_dir: Path) -> int:
@@ -30,7 +30,7 @@ def test_demo_on_the_embedded_database_which_is_then_reused():
     first = run_cli(["demo"], env, cwd=tmp_path, timeout=300)
     assert first.returncode == 0, first.stderr + first.stdout
     assert re.search(r"job [0-9a-f-]{36}: succeeded", first.stdout), first.stdout
-    png = Path(re.search(r"png\s+(\S+\.png)", first.stdout).group(1))
+    png = Path(re.search(r"image\s+(\S+\.png)", first.stdout).group(1))
     with rasterio.open(png) as ds:
         assert ds.crs.to_epsg() == 4326 and ds.count == 4, "the demo's PNG is not georeferenced RGBA"
     assert "succeeded" in first.stdout.split("events:")[1]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from service import run_cli
 from geoworker import health
 
 LINE = r"^(✅|❌|➖) (Database|Api|File_System|Dependencies): .+$"

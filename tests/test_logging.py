@@ -177,7 +177,7 @@ def test_a_traceback_in_text_mode_is_redacted_too(tmp_path):
 
 
 def test_an_unwritable_log_file_is_one_clear_line(cli_env, tmp_path):
-    from conftest import run_cli
+    from service import run_cli
 
     (tmp_path / "not-a-dir").write_text("")
     result = run_cli(["run"], {**cli_env, "GEOWORKER_LOGGING_FILE": str(tmp_path / "not-a-dir" / "w.log")},

@@ -17,7 +17,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import run_cli
+from service import run_cli
 from geoworker.jobs import JobQueue
 from service import Database, Service, wait_for, write_config
 

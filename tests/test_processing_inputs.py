@@ -335,7 +335,7 @@ def test_all_outputs_metadata_and_progress(tmp_path):
     calls = []
     out, result = run(src, tmp_path, Options(), progress=lambda p, m: calls.append((p, m)))
     names = result["outputs"]
-    assert names == {"png": "My_Ortho_v2.png", "thumbnail": "My_Ortho_v2_thumb.png", "world_file": "My_Ortho_v2.pgw",
+    assert names == {"image": "My_Ortho_v2.png", "thumbnail": "My_Ortho_v2_thumb.png", "world_file": "My_Ortho_v2.pgw",
                      "prj": "My_Ortho_v2.prj", "aux_xml": "My_Ortho_v2.png.aux.xml", "metadata": "My_Ortho_v2.json"}
     assert sorted(p.name for p in out.iterdir()) == sorted(names.values())
     percents = [p for p, _ in calls]
@@ -350,7 +350,7 @@ def test_all_outputs_metadata_and_progress(tmp_path):
     assert meta["compression"] == "deflate" and meta["tiled"] is True and meta["block_size"] == [256, 256]
     assert meta["overviews"] == [2, 4, 8] and meta["nodata"] == [0, 0, 0] and meta["crs"]["epsg"] == 32638
     assert meta["resolution"] == [0.5, 0.5] and meta["statistics"][0]["valid_percent"] < 100
-    assert meta["output"]["file_sizes"]["png"] == (out / names["png"]).stat().st_size
+    assert meta["output"]["file_sizes"]["image"] == (out / names["image"]).stat().st_size
     with Image.open(out / names["thumbnail"]) as thumb:
         assert max(thumb.size) == 256
 
@@ -358,7 +358,7 @@ def test_all_outputs_metadata_and_progress(tmp_path):
 def test_thumbnail_off_and_other_formats(tmp_path):
     src = rasters.rgb_with_collar(tmp_path / "in.tif", size=64, collar=8)
     out, result = run(src, tmp_path, Options(coordinate_system="native", thumbnail_size=0, output_format="jpeg"))
-    assert result["outputs"]["thumbnail"] is None and result["outputs"]["png"] == "in.jpg"
+    assert result["outputs"]["thumbnail"] is None and result["outputs"]["image"] == "in.jpg"
     assert (out / "in.jgw").exists() and (out / "in.jpg.aux.xml").exists()
     with Image.open(out / "in.jpg") as img:
         assert img.format == "JPEG" and img.size == (64, 64)

@@ -142,6 +142,6 @@ def test_geotiff_to_png_end_to_end_on_s3_with_download_urls(queue, settings, s3,
         assert ref.startswith(f"s3://{bucket}/tenant-a/jobs/{done.id}/output/ortho")
         body = client.get_object(Bucket=bucket, Key=ref.split(f"s3://{bucket}/", 1)[1])["Body"].read()
         assert hashlib.sha256(body).hexdigest() == sums["outputs"][kind]
-    png = requests.get(done.result["download_urls"]["png"], timeout=10)
+    png = requests.get(done.result["download_urls"]["image"], timeout=10)
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     assert done.result["download_urls_expire_in"] == 3600

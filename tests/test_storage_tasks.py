@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from service import run_cli
 from geoworker.errors import InvalidInput
 from geoworker.storage import open_backend
 from test_storage_support import (FAST, SCANNER, PlatformServer, make_settings, run_claimed_job, submit_local,
@@ -32,7 +32,7 @@ def settings(tmp_path):
 
 def check_outputs_and_checksums(done, src: Path):
     assert done.status == "succeeded", done.last_error
-    assert set(done.outputs) >= {"png", "thumbnail", "world_file", "prj", "metadata"}
+    assert set(done.outputs) >= {"image", "thumbnail", "world_file", "prj", "metadata"}
     sums = done.result["sha256"]
     assert sums["input"] == sha256(src) == done.result["input"]["sha256"]
     assert set(sums["outputs"]) == set(done.outputs)
@@ -49,9 +49,9 @@ def test_geotiff_to_png_end_to_end_on_the_local_backend(queue, settings, tmp_pat
     out_dir = Path(settings.storage.root).resolve() / "jobs" / done.id / "output"
     for kind, ref in done.outputs.items():
         assert Path(ref).parent == out_dir and sha256(ref) == sums["outputs"][kind]
-    assert Path(done.outputs["png"]).name == "Site_Plan_v2.png"  # named from the sanitised stem
+    assert Path(done.outputs["image"]).name == "Site_Plan_v2.png"  # named from the sanitised stem
     assert not any(p.name.endswith(".part") for p in out_dir.iterdir())
-    with Image.open(done.outputs["png"]) as img:
+    with Image.open(done.outputs["image"]) as img:
         assert img.format == "PNG" and 0 < max(img.size) <= 4096
     percents = [p for p, _ in progress]
     assert percents == sorted(percents) and percents[0] == 1 and percents[-1] == 99
@@ -80,7 +80,7 @@ def test_a_url_input_end_to_end_with_outputs_on_the_local_backend(queue, setting
         done, _, _, _ = run_claimed_job(queue, settings, backend)
     check_outputs_and_checksums(done, src)
     assert "signature" not in json.dumps(done.result)
-    with Image.open(done.outputs["png"]) as img:
+    with Image.open(done.outputs["image"]) as img:
         assert 0 < max(img.size) <= 32
 
 
@@ -97,10 +97,13 @@ def test_the_http_backend_end_to_end(queue, tmp_path):
         with open_backend(settings, transfer=FAST) as backend:
             done, _, _, _ = run_claimed_job(queue, settings, backend)
         assert done.status == "succeeded", done.last_error
-        assert done.outputs == {kind: server.url(f"/files/out/{name}") for kind, name in kinds.items()}
+        # the platform still names the image's upload URL "png" (the kind's old name): it is found and
+        # the output is stored under its new name
+        assert done.outputs == {("image" if kind == "png" else kind): server.url(f"/files/out/{name}")
+                                for kind, name in kinds.items()}
         for kind, name in kinds.items():
             body = server.files[f"/files/out/{name}"]
-            assert hashlib.sha256(body).hexdigest() == done.result["sha256"]["outputs"][kind]
+            assert hashlib.sha256(body).hexdigest() == done.result["sha256"]["outputs"]["image" if kind == "png" else kind]
         assert done.result["not_uploaded"] == ["aux_xml"]  # the platform issued no URL for it
         assert done.result["sha256"]["input"] == sha256(src)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from service import ROOT
 from service import Database, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(180)

@@ -6,7 +6,6 @@ exceptions are logged (redacted, see logs.py) and answered with a fixed message.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,12 +14,18 @@ from fastapi.responses import JSONResponse
 from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from geoworker.errors import DatabaseUnavailable, InvalidState, JobNotFound, LockLost
+from geoworker.errors import (
+    BadParams,
+    DatabaseUnavailable,
+    InvalidState,
+    JobNotFound,
+    LockLost,
+)
+from geoworker.submit import check_json_safe
 
 STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
                 422: "validation_error", 500: "internal_error", 503: "unavailable"}
-MAX_JSON_DEPTH = 64
 
 
 class ApiError(Exception):
@@ -54,23 +59,10 @@ def check_json(value: Any, field: str) -> None:
     Raises:
         ApiError: 422 naming the field.
     """
-    stack = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise ApiError(422, f"{field}: nested more than {MAX_JSON_DEPTH} levels deep", field=field)
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise ApiError(422, f"{field}: strings must not contain NUL characters", field=field)
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                raise ApiError(422, f"{field}: numbers must be finite (no NaN or Infinity)", field=field)
-        elif isinstance(item, dict):
-            for key, sub in item.items():
-                stack.append((key, depth + 1))
-                stack.append((sub, depth + 1))
-        elif isinstance(item, (list, tuple)):
-            stack.extend((sub, depth + 1) for sub in item)
+    try:
+        check_json_safe(value)
+    except BadParams as exc:
+        raise ApiError(422, f"{field}: {exc}", field=field) from None
 
 
 def install(app: FastAPI) -> None:

@@ -7,10 +7,8 @@ their `sub`, and anyone else's job answers 404 exactly as a job that does not ex
 from __future__ import annotations
 
 import datetime as dt
-import math
-from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Literal, Optional
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
@@ -19,74 +17,19 @@ from geoworker.api.errors import ApiError, check_json
 from geoworker.api.schemas import CreateJob, Downloads, EventList, JobList, JobView, UploadGrant, UploadRequest
 from geoworker.api.state import ApiState
 from geoworker.api.views import output_name, user_job
-from geoworker.api.wire import camel
 from geoworker.errors import BadParams, InvalidInput, UnknownTask
 from geoworker.jobs import Job, Status
+from geoworker.submit import SubmissionRefused, prepare, submit
 
 router = APIRouter(prefix="/api/geo-jobs", tags=["jobs"])
 UPLOAD_PREFIX = "/api/uploads"
 FILES_PREFIX = "/api/files"
-# what a user may set; max_file_size and validate_headers are the operator's, not the user's
-_EXTRA_PARAMS = {"timeout", "presign_urls"}
-_OPERATOR_ONLY = {"max_file_size", "validate_headers"}
 AUTH_ERRORS = {401: {"description": "no, expired or invalid token"}}
 NOT_FOUND = {404: {"description": "no such job (or not yours)"}}
 
 
 def api_state(request: Request) -> ApiState:
     return request.app.state.api
-
-
-def _user_params() -> set[str]:
-    from geoworker.processing import Options
-
-    return {f.name for f in fields(Options)} - _OPERATOR_ONLY | _EXTRA_PARAMS
-
-
-def validated_params(task, payload: Mapping[str, Any], settings) -> dict[str, Any]:
-    """inputPayload checked key by key, so a 422 names the very key that is wrong.
-
-    Raster tasks take the pipeline's parameters (camelCase or snake_case; stored snake_case);
-    debug tasks take anything (they check their own at run time).
-    """
-    check_json(payload, "inputPayload")
-    if task.debug:
-        return dict(payload)
-    from geoworker.processing.options import _normalise_key as normalise  # the pipeline's own rule
-    from geoworker.raster_tasks import options_for
-
-    known = _user_params()
-    params: dict[str, Any] = {}
-    for key, value in payload.items():
-        name, field = normalise(key), f"inputPayload.{key}"
-        if name not in known:
-            raise ApiError(422, f"{field}: unknown parameter (known: {', '.join(sorted(camel(k) for k in known))})",
-                           field=field)
-        if name in params:
-            raise ApiError(422, f"{field}: given twice (camelCase and snake_case)", field=field)
-        if name == "timeout":
-            _check_timeout(value, field, settings.worker.max_processing_time)
-        elif name == "presign_urls":
-            if not isinstance(value, bool):
-                raise ApiError(422, f"{field}: must be true or false", field=field)
-        else:
-            try:
-                options_for(settings, {name: value})
-            except BadParams as exc:
-                raise ApiError(422, f"{field}: {exc}", field=field) from None
-        params[name] = value
-    try:
-        options_for(settings, params)  # combinations, should any rule span keys
-    except BadParams as exc:
-        raise ApiError(422, f"inputPayload: {exc}", field="inputPayload") from None
-    return params
-
-
-def _check_timeout(value: Any, field: str, limit: float) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not 0 < value <= limit:
-        raise ApiError(422, f"{field}: must be a number of seconds above 0 and at most {limit:g} "
-                            "(worker.max_processing_time)", field=field)
 
 
 def own_job(state: ApiState, job_id: str, owner: str) -> Job:
@@ -111,19 +54,25 @@ def expires_at(seconds: float) -> tuple[int, str]:
 @router.post("", status_code=201, response_model=JobView, summary="Create a job",
              responses={**AUTH_ERRORS, 422: {"description": "unknown task type, bad parameter or wrong type"}})
 def create_job(body: CreateJob, request: Request, response: Response, owner: str = Depends(current_user)):
-    """A job in status `pending` (waiting for its input upload); tasks without input are `queued` at once."""
-    state = api_state(request)
-    from geoworker import tasks
+    """A job in status `pending` (waiting for its input upload); tasks without input are `queued` at once.
 
+    inputPayload is checked by the task's own parameter schema (camelCase or snake_case; stored
+    snake_case), so a 422 names the very key that is wrong.
+    """
+    state = api_state(request)
+    check_json(body.inputPayload, "inputPayload")
     try:
-        task = tasks.get(body.taskType, state.settings)
+        sub = prepare(state.settings, body.taskType, None, body.inputPayload, priority=body.priority, owner=owner,
+                      input_later=True)
     except UnknownTask as exc:
         raise ApiError(422, f"taskType: {exc}", field="taskType") from None
-    params = validated_params(task, body.inputPayload, state.settings)
-    status = Status.PENDING if task.needs_input else Status.QUEUED
+    except BadParams as exc:
+        field = f"inputPayload.{exc.key}" if exc.key else "inputPayload"
+        raise ApiError(422, f"{field}: {exc}", field=field) from None
+    except SubmissionRefused as exc:
+        raise ApiError(422, str(exc)) from None
     with state.pool.lease(f"user:{owner}") as queue:
-        job = queue.enqueue(task.name, params, priority=body.priority, owner=owner, status=status,
-                            max_attempts=state.settings.retry.max_attempts)
+        job = submit(queue, state.settings, sub)
     response.headers["Location"] = f"/api/geo-jobs/{job.id}"
     return user_job(job)
 

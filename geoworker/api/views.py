@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from geoworker.api.wire import camel
 from geoworker.jobs import Job
+from geoworker.storage.names import LEGACY_OUTPUT_KINDS
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -50,6 +51,17 @@ def result_view(result: Any) -> Any:
     return out
 
 
+def outputs_view(outputs: Any) -> dict[str, str] | None:
+    """{kind: file name}; an output renamed since the last release also answers to its old kind."""
+    if not isinstance(outputs, Mapping):
+        return None
+    view = {str(k): output_name(v) for k, v in outputs.items()}
+    for kind, old in LEGACY_OUTPUT_KINDS.items():
+        if kind in view and old not in view:
+            view[old] = view[kind]
+    return view
+
+
 def user_job(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
@@ -64,8 +76,7 @@ def user_job(job: Job) -> dict[str, Any]:
         "errorCode": job.error_code,
         "error": job.last_error,
         "input": input_view(job.input),
-        "outputs": ({str(k): output_name(v) for k, v in job.outputs.items()}
-                    if isinstance(job.outputs, Mapping) else None),
+        "outputs": outputs_view(job.outputs),
         "result": result_view(job.result),
         "createdAt": _iso(job.created_at),
         "updatedAt": _iso(job.updated_at),

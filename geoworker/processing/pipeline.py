@@ -267,8 +267,8 @@ def process_file(src: str | Path, out_dir: str | Path, options: Options,
         outputs: dict[str, str | None] = {}
         sizes: dict[str, int] = {}
         with run.stage("encode", 75, f"encoding {options.output_format.upper()}"):
-            outputs["png"] = f"{stem}.{options.extension}"
-            sizes["png"] = encode.save_pixels(pixels, out_dir / outputs["png"], options.output_format,
+            outputs["image"] = f"{stem}.{options.extension}"
+            sizes["image"] = encode.save_pixels(pixels, out_dir / outputs["image"], options.output_format,
                                               options.compression_quality)
             img = encode.to_pil(pixels)
             del pixels

@@ -23,6 +23,7 @@ from loguru import logger
 from geoworker.config import strip_url_secrets
 from geoworker.errors import PermanentStorageError
 from geoworker.storage.base import Backend, input_reference
+from geoworker.storage.names import LEGACY_OUTPUT_KINDS
 from geoworker.storage.s3 import content_type_for
 
 
@@ -40,7 +41,7 @@ class HttpBackend(Backend):
             raise PermanentStorageError("the job carries no upload URLs for its outputs (input.outputs)")
         stored: dict[str, str] = {}
         for kind, path in files.items():
-            url = targets.get(kind)
+            url = targets.get(kind) or targets.get(LEGACY_OUTPUT_KINDS.get(kind, ""))
             if not isinstance(url, str) or not url:
                 logger.warning("job {}: no upload URL for output {}; not uploaded", job.id, kind)
                 continue

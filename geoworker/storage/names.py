@@ -13,6 +13,10 @@ import re
 import unicodedata
 
 MAX_NAME = 120
+# output kinds renamed for what they are, with the name earlier releases used: the API still shows
+# the old key beside the new one, and the http backend still finds a platform's upload URL under it
+# (kept for one release; "png" held a JPEG or WebP as well when output_format said so)
+LEGACY_OUTPUT_KINDS = {"image": "png"}
 DEFAULT_INPUT_NAME = "input.tif"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
