@@ -1,4 +1,4 @@
-"""The HTTP API (DESIGN.md section 8): `geoworker api`.
+"""The HTTP API (README.md, "HTTP API"): `geoworker api`.
 
     app.py      the ASGI application (create_app), body limit, access log, /health
     user.py     the platform's routes: /api/geo-jobs ... (Bearer JWT)

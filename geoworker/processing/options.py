@@ -25,7 +25,7 @@ _CONFIG_KEYS = {"max_image_size": "max_size"}
 
 @dataclass(frozen=True)
 class Options:
-    """How to turn one GeoTIFF into web outputs (see DESIGN.md section 4)."""
+    """How to turn one GeoTIFF into web outputs (README.md, "Processing"; docs/ARCHITECTURE.md for the data flow)."""
 
     max_size: int = 4096
     thumbnail_size: int = 256
