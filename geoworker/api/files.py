@@ -192,7 +192,7 @@ def _queue(state: ApiState, job: Job, ref: dict[str, Any]) -> Job:
 def get_file(job_id: str, file_name: str, request: Request,
              expires: Optional[str] = Query(None, description="unix time the URL expires"),
              signature: Optional[str] = Query(None, description="HMAC-SHA256, hex")):
-    from geoworker.storage.s3 import content_type_for
+    from geoworker.storage.content_types import content_type_for
 
     _verify(request, "GET")
     path = local_output(api_state(request), job_id, file_name)

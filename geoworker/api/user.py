@@ -215,7 +215,7 @@ def download_outputs(job_id: str, request: Request, owner: str = Depends(current
 
 def _download(state: ApiState, request: Request, job: Job, kind: str, ref: Any, seconds: int,
               sha256: str | None) -> dict[str, Any]:
-    from geoworker.storage.s3 import content_type_for
+    from geoworker.storage.content_types import content_type_for
     from geoworker.storage.signing import sign_path
 
     text = str(ref)

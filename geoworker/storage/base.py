@@ -92,10 +92,6 @@ class Backend(abc.ABC):
             raise InvalidInput(f"input URLs must be https:// (or s3:// on the s3 backend), not {scheme}://")
         return self._fetch_local(ref, dest_dir)
 
-    def fetch_input(self, job, dest_dir: Path) -> Path:
-        """The contract's short form of fetch(): only the local path."""
-        return self.fetch(job, dest_dir).path
-
     def _fetch_url(self, ref: Mapping[str, Any], dest_dir: Path) -> FetchedFile:
         got = self.urls.download(str(ref["url"]), dest_dir, self.storage.max_file_size, name=ref.get("name"),
                                  check_type=self.storage.validate_headers)

@@ -23,7 +23,7 @@ from loguru import logger
 from geoworker.config import strip_url_secrets
 from geoworker.errors import PermanentStorageError
 from geoworker.storage.base import Backend, input_reference
-from geoworker.storage.s3 import content_type_for
+from geoworker.storage.content_types import content_type_for
 
 
 def without_query(url: str) -> str:

@@ -10,7 +10,6 @@ else from boto3's standard chain (AWS_ACCESS_KEY_ID, ~/.aws, instance roles).
 
 from __future__ import annotations
 
-import mimetypes
 import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -21,6 +20,7 @@ from loguru import logger
 from geoworker.errors import ConfigError, InvalidInput, PermanentStorageError, StorageError
 from geoworker.storage.base import Backend, FetchedFile, output_names
 from geoworker.storage.checks import check_content_type
+from geoworker.storage.content_types import content_type_for
 from geoworker.storage.names import checked_job_id, safe_filename
 from geoworker.storage.stream import CHUNK, too_large, write_capped
 from geoworker.storage.urls import TransferPolicy
@@ -37,12 +37,6 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     if u.scheme.lower() != "s3" or not u.netloc or not key:
         raise InvalidInput(f"not an s3://bucket/key URL: {url[:200]!r}")
     return u.netloc, key
-
-
-def content_type_for(path: Path) -> str:
-    extra = {".pgw": "text/plain", ".jgw": "text/plain", ".wpw": "text/plain", ".prj": "text/plain",
-             ".xml": "application/xml", ".json": "application/json", ".tif": "image/tiff", ".tiff": "image/tiff"}
-    return extra.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
 
 class S3Backend(Backend):
