@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from geoworker import __version__
-from geoworker.errors import ConfigError, DatabaseUnavailable, GeoworkerError
+from geoworker.errors import ConfigError, DatabaseUnavailable, GeoworkerError, InvalidInput
 
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
@@ -62,10 +62,15 @@ def _out(data: Any) -> None:
 # --- shared plumbing -------------------------------------------------------------------
 
 
-def load(args):
+def load(args, announce: bool = True):
+    """The settings; their warnings go to stderr unless the command is a service that logs them itself."""
     from geoworker.config import load_settings
 
-    return load_settings(getattr(args, "config", None))
+    settings = load_settings(getattr(args, "config", None))
+    if announce:
+        for warning in settings.warnings:
+            _err(f"warning: {warning}")
+    return settings
 
 
 def open_queue(settings, worker_id: str = "cli"):
@@ -169,29 +174,22 @@ def _input_reference(source: str, settings) -> dict[str, Any] | Path:
     size, limit = path.stat().st_size, settings.storage.max_file_size
     if size > limit:
         raise UsageError(f"{source}: {size} bytes is more than storage.max_file_size ({limit} bytes)")
-    if settings.storage.backend == "http":
-        raise UsageError("storage.backend = \"http\" takes its inputs from the platform's signed URLs, "
-                         "not from local files")
+    from geoworker.storage.registry import backend_class
+
+    refusal = backend_class(settings.storage.backend).refuses_local_inputs
+    if refusal:
+        raise UsageError(f"storage.backend = \"{settings.storage.backend}\": {refusal}, not from local files")
     return path.resolve()
 
 
 def _url_reference(source: str, settings) -> dict[str, Any]:
-    from urllib.parse import urlsplit
+    from geoworker.storage import UrlPolicy
+    from geoworker.storage.registry import is_backend_url
 
-    from geoworker.storage import UrlPolicy, UrlRefused
-
-    if urlsplit(source).scheme.lower() == "s3":
-        from geoworker.storage.s3 import parse_s3_url
-
-        bucket, _key = parse_s3_url(source)
-        if settings.storage.backend != "s3":
-            raise UsageError("s3:// inputs need storage.backend = \"s3\"")
-        if bucket != settings.storage.bucket:
-            raise UsageError(f"s3 inputs must be in the configured bucket {settings.storage.bucket!r}, not {bucket!r}")
-        return {"url": source}
     try:
-        UrlPolicy.from_settings(settings).check_url(source)
-    except UrlRefused as exc:
+        if not is_backend_url(settings, source):  # s3:// is the s3 backend's to check, https:// the policy's
+            UrlPolicy.from_settings(settings).check_url(source)
+    except InvalidInput as exc:  # UrlRefused is one
         raise UsageError(str(exc)) from None
     return {"url": source}
 
@@ -286,7 +284,7 @@ def cmd_retry(args) -> int:
 def cmd_run(args) -> int:
     from geoworker.supervisor import run_service
 
-    settings = load(args)
+    settings = load(args, announce=False)  # the service logs them
     if args.concurrency is not None and args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
     return run_service(settings, concurrency=args.concurrency, drain=args.drain)
@@ -330,7 +328,7 @@ def cmd_process(args) -> int:
 def cmd_demo(args) -> int:
     from geoworker.demo import run_demo
 
-    return run_demo(load(args), keep_going=args.keep_going)
+    return run_demo(load(args, announce=False), keep_going=args.keep_going)  # its service logs the warnings
 
 
 def cmd_config(args) -> int:
@@ -349,12 +347,21 @@ def cmd_config(args) -> int:
         return 0
     print(f"# effective settings (config file: {settings.config_path or 'none'}; secrets masked)")
     for section, values in data.items():
-        print(f"\n[{section}]")
-        for key, value in values.items():
-            print(f"{key} = {json.dumps(value)}")
+        _print_table(section, values)
     if not settings.database.dsn:
         print("\n# database.dsn is empty: geoworker uses the embedded PostgreSQL in database.embedded_dir")
     return 0
+
+
+def _print_table(name: str, values: dict[str, Any]) -> None:
+    """One TOML table; a nested one (a storage backend's) follows as [name.sub]."""
+    print(f"\n[{name}]")
+    for key, value in values.items():
+        if not isinstance(value, dict):
+            print(f"{key} = {json.dumps(value)}")
+    for key, value in values.items():
+        if isinstance(value, dict):
+            _print_table(f"{name}.{key}", value)
 
 
 def cmd_stats(args) -> int:
@@ -402,7 +409,7 @@ def cmd_api(args) -> int:
 
     if args.port is not None and not 0 < args.port < 65536:
         raise UsageError("--port must be between 1 and 65535")
-    return serve(load(args), host=args.host, port=args.port)
+    return serve(load(args, announce=False), host=args.host, port=args.port)  # the service logs its warnings
 
 
 # --- the parser -------------------------------------------------------------------------
