@@ -426,7 +426,7 @@ def _apply_file(raw: Mapping[str, Mapping[str, Any]], source: str, values: dict[
 def _read_dotenv(path: Path, env: Mapping[str, str]) -> dict[str, str]:
     if not path.is_file():
         return {}
-    from dotenv import dotenv_values
+    from dotenv import dotenv_values  # here: most hosts have no .env
 
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
@@ -483,6 +483,7 @@ def _apply_special_env(env: Mapping[str, str], values: dict[str, dict[str, Any]]
 
 
 def _merge_dsn(dsn: str, pieces: Mapping[str, str]) -> str:
+    # psycopg2 here, not at the top: a worker with queue.mode = "http" never needs the driver
     from psycopg2.extensions import make_dsn
 
     try:

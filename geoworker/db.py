@@ -21,6 +21,7 @@ import re
 import select
 import socket
 import time
+import warnings
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -180,12 +181,10 @@ def embedded_dsn(directory: str) -> str:
     except OSError as exc:
         raise ConfigError(f"database.embedded_dir: cannot create {path.parent}: {exc.strerror}") from None
     logging.getLogger("pgserver").setLevel(logging.WARNING)
-    import warnings
-
     # platformdirs complains when XDG_RUNTIME_DIR is unset (root shells, supervisord); /tmp is fine
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     try:
-        import pgserver
+        import pgserver  # here: only a process without a configured database needs it
     except ImportError:  # pragma: no cover - it is a runtime dependency
         raise ConfigError("no database configured and pgserver is not installed: set DATABASE_URL") from None
     try:

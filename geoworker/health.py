@@ -16,6 +16,7 @@ A check never raises and never waits long (CONNECT_TIMEOUT, API_TIMEOUT). A skip
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -195,7 +196,11 @@ def _check_directory(path: Path, wanted: int) -> tuple[str | None, dict[str, Any
 
 
 def check_dependencies() -> Check:
-    """The libraries a job needs import, and rasterio/GDAL write and read a tiny GeoTIFF in memory."""
+    """The libraries a job needs import, and rasterio/GDAL write and read a tiny GeoTIFF in memory.
+
+    They are imported in here (and in the helpers below), not at the top: a missing or
+    broken one must be this check's failure, not a health command that cannot start.
+    """
     name = "Dependencies"
     versions: dict[str, Any] = {}
     missing = []
@@ -242,8 +247,6 @@ def _tiny_geotiff_round_trip() -> None:
 
 
 def _tiny_png() -> None:
-    import io
-
     import numpy as np
     from PIL import Image
 

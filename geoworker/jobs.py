@@ -14,6 +14,7 @@ import json
 import random
 import select
 import threading
+import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -460,8 +461,6 @@ def _num(value: Any) -> float | None:
 
 
 def _is_uuid(value: str) -> bool:
-    import uuid
-
     try:
         uuid.UUID(str(value))
     except ValueError:

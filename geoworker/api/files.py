@@ -28,6 +28,8 @@ from geoworker.api.state import ApiState
 from geoworker.api.user import FILES_PREFIX, UPLOAD_PREFIX, api_state
 from geoworker.api.views import user_job
 from geoworker.errors import InvalidInput, InvalidState, JobNotFound, TooLarge
+from geoworker.storage.content_types import content_type_for
+from geoworker.storage.names import safe_filename
 from geoworker.jobs import Job, Status
 
 router = APIRouter(tags=["signed URLs"])
@@ -133,8 +135,6 @@ def _checked(chunks: Iterable[bytes], size: int, check_magic: bool) -> Iterator[
 def _store(state: ApiState, job: Job, file_name: str, chunks: Iterator[bytes], size: int,
            content_type: str | None) -> dict[str, Any]:
     """Stream the body into storage; on any refusal nothing is left behind."""
-    from geoworker.storage import safe_filename
-
     name = safe_filename(file_name)
     body = _checked(chunks, size, state.settings.storage.validate_headers)
     try:  # local streams it into place; s3 goes through a private temporary copy
@@ -167,8 +167,6 @@ def _queue(state: ApiState, job: Job, ref: dict[str, Any]) -> Job:
 def get_file(job_id: str, file_name: str, request: Request,
              expires: Optional[str] = Query(None, description="unix time the URL expires"),
              signature: Optional[str] = Query(None, description="HMAC-SHA256, hex")):
-    from geoworker.storage.content_types import content_type_for
-
     _verify(request, "GET")
     path = api_state(request).backend().output_file(job_id, file_name)
     if path is None:
