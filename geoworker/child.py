@@ -27,6 +27,7 @@ from loguru import logger
 
 from geoworker import db, logs, tasks
 from geoworker.backoff import Backoff
+from geoworker.db import STATEMENT_TIMEOUT
 from geoworker.errors import DatabaseUnavailable, GeoworkerError, LockLost, describe
 from geoworker.jobs import Job
 from geoworker.queue import Queue, open_queue
@@ -40,7 +41,6 @@ CHILD_ABORTED = 4
 GRACEFUL_SIGNAL = signal.SIGUSR1
 PR_SET_PDEATHSIG = 1
 PING_INTERVAL = 1.0
-STATEMENT_TIMEOUT = 30.0  # seconds: a stalled database is retried, never waited on forever
 
 
 class _WaitInterrupted(BaseException):

@@ -64,8 +64,13 @@ def _out(data: Any) -> None:
 # --- shared plumbing -------------------------------------------------------------------
 
 
-def load(args):
-    return load_settings(getattr(args, "config", None))
+def load(args, announce: bool = True):
+    """The settings; their warnings go to stderr unless the command is a service that logs them itself."""
+    settings = load_settings(getattr(args, "config", None))
+    if announce:
+        for warning in settings.warnings:
+            _err(f"warning: {warning}")
+    return settings
 
 
 def open_queue(settings):
@@ -193,7 +198,7 @@ def cmd_retry(args) -> int:
 def cmd_run(args) -> int:
     from geoworker.supervisor import run_service  # late: psutil and the pool, only for `run`
 
-    settings = load(args)
+    settings = load(args, announce=False)  # the service logs them
     if args.concurrency is not None and args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
     return run_service(settings, concurrency=args.concurrency, drain=args.drain)
@@ -240,7 +245,7 @@ def cmd_process(args) -> int:
 def cmd_demo(args) -> int:
     from geoworker.demo import run_demo  # late: rasterio (0.5 s), only for the demo
 
-    return run_demo(load(args), keep_going=args.keep_going)
+    return run_demo(load(args, announce=False), keep_going=args.keep_going)  # its service logs the warnings
 
 
 def cmd_config(args) -> int:
@@ -259,12 +264,21 @@ def cmd_config(args) -> int:
         return 0
     print(f"# effective settings (config file: {settings.config_path or 'none'}; secrets masked)")
     for section, values in data.items():
-        print(f"\n[{section}]")
-        for key, value in values.items():
-            print(f"{key} = {json.dumps(value)}")
+        _print_table(section, values)
     if not settings.database.dsn:
         print("\n# database.dsn is empty: geoworker uses the embedded PostgreSQL in database.embedded_dir")
     return 0
+
+
+def _print_table(name: str, values: dict[str, Any]) -> None:
+    """One TOML table; a nested one (a storage backend's) follows as [name.sub]."""
+    print(f"\n[{name}]")
+    for key, value in values.items():
+        if not isinstance(value, dict):
+            print(f"{key} = {json.dumps(value)}")
+    for key, value in values.items():
+        if isinstance(value, dict):
+            _print_table(f"{name}.{key}", value)
 
 
 def cmd_stats(args) -> int:
@@ -312,7 +326,7 @@ def cmd_api(args) -> int:
 
     if args.port is not None and not 0 < args.port < 65536:
         raise UsageError("--port must be between 1 and 65535")
-    return serve(load(args), host=args.host, port=args.port)
+    return serve(load(args, announce=False), host=args.host, port=args.port)  # the service logs its warnings
 
 
 # --- the parser -------------------------------------------------------------------------

@@ -5,8 +5,15 @@ the working directory, the process environment. Besides the generic
 ``GEOWORKER_<SECTION>_<KEY>`` form, the names operators of the platform already use are
 honoured (PGHOST, DATABASE_URL, CONCURRENT_JOBS, ...; see ENV_ALIASES).
 
+A storage backend's own settings are a table of their own (`[storage.s3]`,
+GEOWORKER_STORAGE_S3_BUCKET, read as settings.storage.s3.bucket); which backends have one
+is storage.registry's to say. Keys that moved there are still read at their old place,
+with a warning naming the new spelling.
+
 Nothing else in geoworker reads os.environ: everything flows from `load_settings()`.
-An invalid value raises ConfigError with one line naming the key and the problem.
+An invalid value raises ConfigError with one line naming the key and the problem. What
+is worth a word but not a refusal (a deprecated key) is in `Settings.warnings`: the CLI
+prints each on stderr, the service logs each once.
 """
 
 from __future__ import annotations
@@ -15,11 +22,16 @@ import dataclasses
 import math
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping
 
 from geoworker.errors import ConfigError
+from geoworker.masking import MASK, mask_dsn, strip_url_secrets
+from geoworker.storage import registry as storage_registry
+
+__all__ = ["MASK", "SECTIONS", "Settings", "load_settings", "mask_dsn", "strip_url_secrets"]
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,7 +39,6 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 DEFAULT_CONFIG_NAME = "config.toml"
-MASK = "********"
 
 
 def _positive(value: float) -> str | None:
@@ -61,6 +72,11 @@ def _percentiles(value: tuple) -> str | None:
     if not 0 <= low < high <= 100:
         return "must satisfy 0 <= low < high <= 100"
     return None
+
+
+def _storage_backend(value: str) -> str | None:
+    known = storage_registry.names()
+    return None if value in known else f"must be one of {', '.join(known)}"
 
 
 def _port(value: int) -> str | None:
@@ -115,9 +131,13 @@ class DatabaseSettings:
     connect_timeout: float = _opt(_positive, default=10.0)
 
 
+def _default_backend_tables() -> Mapping[str, Any]:
+    return MappingProxyType({name: cls() for name, cls in storage_registry.settings_tables().items()})
+
+
 @dataclass(frozen=True)
 class StorageSettings:
-    backend: str = _opt(_one_of("local", "s3", "http"), default="local")
+    backend: str = _opt(_storage_backend, default="local")
     root: str = _opt(path=True, default="var/storage")
     temp_dir: str = _opt(path=True, default="var/tmp")
     max_file_size: int = _opt(_positive, default=104857600)
@@ -125,13 +145,17 @@ class StorageSettings:
     allow_http: bool = False
     validate_headers: bool = True
     scan_command: str = ""
-    endpoint_url: str = ""
-    bucket: str = ""
-    prefix: str = ""
-    region: str = ""
-    access_key_id: str = _opt(secret=True, default="")
-    secret_access_key: str = _opt(secret=True, default="")
     presign_expiry: int = _opt(_positive, default=3600)
+    # each backend's own [storage.<name>] table by backend name, for those that have one
+    tables: Mapping[str, Any] = field(default_factory=_default_backend_tables, hash=False,
+                                      metadata={"tables": True})
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for a name that is no field: settings.storage.s3 is tables["s3"]
+        tables = self.__dict__.get("tables") or {}
+        if name in tables:
+            return tables[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -203,30 +227,70 @@ class Settings:
     # relative paths were resolved against
     config_path: str | None = None
     base_dir: str = "."
+    # one line each, worth saying but no reason to refuse the settings (a deprecated key)
+    warnings: tuple[str, ...] = ()
 
     def replace(self, section: str, **changes: Any) -> "Settings":
-        """A copy with some keys of one section changed (validated again)."""
-        new = dataclasses.replace(getattr(self, section), **changes)
-        _validate_section(section, new)
-        settings = dataclasses.replace(self, **{section: new})
+        """A copy with some keys of one section, or of one backend's table ("storage.s3"), changed
+        (validated again)."""
+        parent, _, table = section.partition(".")
+        holder = getattr(self, parent)
+        if table:
+            new_table = dataclasses.replace(holder.tables[table], **changes)
+            _validate_section(section, new_table)
+            new = dataclasses.replace(holder, tables=MappingProxyType({**holder.tables, table: new_table}))
+        else:
+            new = dataclasses.replace(holder, **changes)
+            _validate_section(section, new)
+        settings = dataclasses.replace(self, **{parent: new})
         _validate_cross(settings)
         return settings
 
     def as_dict(self, mask_secrets: bool = True) -> dict[str, dict[str, Any]]:
+        """{section: {key: value}}; a backend's table is a dict under its section ("storage": {"s3": {...}})."""
         out: dict[str, dict[str, Any]] = {}
         for section in SECTIONS:
-            values = {}
             obj = getattr(self, section)
-            for f in fields(obj):
-                value = getattr(obj, f.name)
-                if mask_secrets and value:
-                    if f.metadata.get("secret"):
-                        value = mask_dsn(value) if f.name == "dsn" else MASK
-                    elif section == "api" and f.name == "base_url":
-                        value = strip_url_secrets(value)
-                values[f.name] = list(value) if isinstance(value, tuple) else value
+            values = _values(section, obj, mask_secrets)
+            for name, table in _tables_of(obj).items():
+                values[name] = _values(f"{section}.{name}", table, mask_secrets)
             out[section] = values
         return out
+
+
+def _values(section: str, obj: Any, mask_secrets: bool) -> dict[str, Any]:
+    values = {}
+    for f in _plain_fields(obj):
+        value = getattr(obj, f.name)
+        if mask_secrets and value:
+            if f.metadata.get("secret"):
+                value = mask_dsn(value) if f.name == "dsn" else MASK
+            elif section == "api" and f.name == "base_url":
+                value = strip_url_secrets(value)
+        values[f.name] = list(value) if isinstance(value, tuple) else value
+    return values
+
+
+def _plain_fields(cls_or_obj: Any) -> list[Field]:
+    """A section's keys: its fields except the one holding backend tables."""
+    return [f for f in fields(cls_or_obj) if not f.metadata.get("tables")]
+
+
+def _tables_of(obj: Any) -> Mapping[str, Any]:
+    return next((getattr(obj, f.name) for f in fields(obj) if f.metadata.get("tables")), {})
+
+
+def _backend_tables() -> dict[str, type]:
+    """{"storage.s3": S3Settings, ...}: the tables storage.registry knows."""
+    return {f"storage.{name}": cls for name, cls in storage_registry.settings_tables().items()}
+
+
+def _deprecated_home(section: str, key: str, tables: Mapping[str, type]) -> str | None:
+    """The table a key of `section` moved to ("storage.s3" for storage.bucket), or None."""
+    for table, cls in tables.items():
+        if table.startswith(section + ".") and key in getattr(cls, "DEPRECATED_FLAT_KEYS", ()):
+            return table
+    return None
 
 
 # Environment names operators already use, mapped onto config keys.
@@ -267,27 +331,30 @@ def load_settings(
     base = Path(base_dir or os.getcwd()).resolve()
     env = dict(os.environ if environ is None else environ)
     env = {**_read_dotenv(base / ".env", env), **env}
+    tables = _backend_tables()
+    warnings: list[str] = []
 
     path = _find_config(config_path, env, base)
-    raw: dict[str, dict[str, Any]] = {}
+    values: dict[str, dict[str, Any]] = {name: {} for name in (*SECTIONS, *tables)}
     if path is not None:
-        raw = _read_toml(path)
-
-    values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-    for section, table in raw.items():
-        for key, value in table.items():
-            values[section][key] = (value, f"{path.name}")
+        _apply_file(_read_toml(path, tables), path.name, values, tables, warnings)
 
     for name, (section, key) in ENV_ALIASES.items():
         if env.get(name, "") != "":
             values[section][key] = (env[name], name)
-    _apply_generic_env(env, values)
+    _apply_generic_env(env, values, tables, warnings)
     _apply_special_env(env, values)
 
     built = {}
     for section, cls in SECTIONS.items():
-        built[section] = _build_section(section, cls, values[section], base)
-    settings = Settings(**built, config_path=str(path) if path else None, base_dir=str(base))
+        extra = {}
+        if section == "storage":
+            extra["tables"] = MappingProxyType({
+                table.partition(".")[2]: _build_section(table, table_cls, values[table], base)
+                for table, table_cls in tables.items()})
+        built[section] = _build_section(section, cls, values[section], base, **extra)
+    settings = Settings(**built, config_path=str(path) if path else None, base_dir=str(base),
+                        warnings=tuple(warnings))
     settings = _resolve_derived(settings)
     _validate_cross(settings)
     return settings
@@ -308,7 +375,7 @@ def _find_config(explicit, env: Mapping[str, str], base: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
+def _read_toml(path: Path, tables: Mapping[str, type]) -> dict[str, dict[str, Any]]:
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -321,23 +388,53 @@ def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"{path.name}: unknown section [{section}] (known: {', '.join(SECTIONS)})")
         if not isinstance(table, dict):
             raise ConfigError(f"{path.name}: {section} must be a table ([{section}])")
-        known = {f.name for f in fields(SECTIONS[section])}
-        for key in table:
-            if key not in known:
-                raise ConfigError(f"{path.name}: unknown key {section}.{key}")
+        known = {f.name for f in _plain_fields(SECTIONS[section])}
+        for key, value in table.items():
+            sub = f"{section}.{key}"
+            if sub in tables:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{path.name}: {sub} must be a table ([{sub}])")
+                table_keys = {f.name for f in fields(tables[sub])}
+                for inner in value:
+                    if inner not in table_keys:
+                        raise ConfigError(f"{path.name}: unknown key {sub}.{inner}")
+            elif key not in known and not _deprecated_home(section, key, tables):
+                raise ConfigError(f"{path.name}: unknown key {sub}")
     return data
+
+
+def _apply_file(raw: Mapping[str, Mapping[str, Any]], source: str, values: dict[str, dict[str, Any]],
+                tables: Mapping[str, type], warnings: list[str]) -> None:
+    """config.toml's values; a key at its deprecated place yields to the same key in its table."""
+    for section, table in raw.items():
+        for key, value in table.items():
+            if f"{section}.{key}" in tables:
+                for inner, inner_value in value.items():
+                    values[f"{section}.{key}"][inner] = (inner_value, source)
+    for section, table in raw.items():
+        for key, value in table.items():
+            if f"{section}.{key}" in tables:
+                continue
+            home = _deprecated_home(section, key, tables)
+            if home is None:
+                values[section][key] = (value, source)
+                continue
+            warnings.append(f"{section}.{key} in {source} is deprecated: write it as {key} under [{home}]")
+            values[home].setdefault(key, (value, source))
 
 
 def _read_dotenv(path: Path, env: Mapping[str, str]) -> dict[str, str]:
     if not path.is_file():
         return {}
-    from dotenv import dotenv_values
+    from dotenv import dotenv_values  # here: most hosts have no .env
 
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
-def _apply_generic_env(env: Mapping[str, str], values: dict[str, dict[str, Any]]) -> None:
-    """GEOWORKER_<SECTION>_<KEY>=value overrides any key."""
+def _apply_generic_env(env: Mapping[str, str], values: dict[str, dict[str, Any]], tables: Mapping[str, type],
+                       warnings: list[str]) -> None:
+    """GEOWORKER_<SECTION>_<KEY>=value overrides any key; GEOWORKER_STORAGE_<BACKEND>_<KEY> a table's."""
+    current, deprecated = [], []
     for name, value in env.items():
         if not name.startswith("GEOWORKER_") or name == "GEOWORKER_CONFIG":
             continue
@@ -345,9 +442,22 @@ def _apply_generic_env(env: Mapping[str, str], values: dict[str, dict[str, Any]]
         section, _, key = rest.partition("_")
         if section not in SECTIONS:
             continue  # GEOWORKER_TEST_DATABASE_URL and friends are not config
-        if key not in {f.name for f in fields(SECTIONS[section])}:
+        table = next((t for t in tables if t.startswith(section + ".") and
+                      key.startswith(t.partition(".")[2] + "_")), None)
+        if table is not None:
+            inner = key[len(table.partition(".")[2]) + 1:]
+            if inner not in {f.name for f in fields(tables[table])}:
+                raise ConfigError(f"{name}: unknown key {table}.{inner}")
+            current.append((table, inner, value, name))
+        elif key in {f.name for f in _plain_fields(SECTIONS[section])}:
+            current.append((section, key, value, name))
+        elif (home := _deprecated_home(section, key, tables)) is not None:
+            warnings.append(f"{name} is deprecated: use GEOWORKER_{home.replace('.', '_').upper()}_{key.upper()}")
+            deprecated.append((home, key, value, name))
+        else:
             raise ConfigError(f"{name}: unknown key {section}.{key}")
-        values[section][key] = (value, name)
+    for target, key, value, name in deprecated + current:  # the new spelling wins over the old
+        values[target][key] = (value, name)
 
 
 def _apply_special_env(env: Mapping[str, str], values: dict[str, dict[str, Any]]) -> None:
@@ -373,6 +483,7 @@ def _apply_special_env(env: Mapping[str, str], values: dict[str, dict[str, Any]]
 
 
 def _merge_dsn(dsn: str, pieces: Mapping[str, str]) -> str:
+    # psycopg2 here, not at the top: a worker with queue.mode = "http" never needs the driver
     from psycopg2.extensions import make_dsn
 
     try:
@@ -381,9 +492,9 @@ def _merge_dsn(dsn: str, pieces: Mapping[str, str]) -> str:
         raise ConfigError(f"database.dsn: cannot be parsed: {str(exc).strip()}") from None
 
 
-def _build_section(section: str, cls: type, values: Mapping[str, tuple[Any, str]], base: Path):
-    kwargs = {}
-    for f in fields(cls):
+def _build_section(section: str, cls: type, values: Mapping[str, tuple[Any, str]], base: Path, **extra: Any):
+    kwargs = dict(extra)
+    for f in _plain_fields(cls):
         if f.name in values:
             raw, source = values[f.name]
             origin = f" (from {source})" if source and not source.endswith(".toml") else ""
@@ -473,45 +584,3 @@ def _validate_cross(settings: Settings) -> None:
         raise ConfigError(f"retry.backoff_max: must be >= retry.backoff_base ({r.backoff_max:g} < {r.backoff_base:g})")
     if settings.queue.mode == "http" and not settings.api.base_url:
         raise ConfigError("queue.mode: \"http\" needs api.base_url (API_BASE_URL)")
-
-
-def mask_dsn(dsn: str) -> str:
-    """The DSN with its password replaced, for logs and `geoworker config`."""
-    if not dsn:
-        return dsn
-    try:
-        from psycopg2.extensions import make_dsn, parse_dsn
-
-        parts = parse_dsn(dsn)
-    except Exception:
-        return MASK
-    if "password" in parts:
-        parts["password"] = MASK
-    if dsn.startswith(("postgres://", "postgresql://")):
-        # keep the URL shape operators wrote
-        import urllib.parse as up
-
-        u = up.urlsplit(dsn)
-        netloc = u.netloc
-        if u.password:
-            netloc = f"{u.username}:{MASK}@{u.hostname}" + (f":{u.port}" if u.port else "")
-        # a password may also sit in the query string (?password=...)
-        query = up.urlencode([(k, MASK if k.lower() == "password" else v)
-                              for k, v in up.parse_qsl(u.query, keep_blank_values=True)], safe="/*")
-        return up.urlunsplit((u.scheme, netloc, u.path, query, u.fragment))
-    return make_dsn(**parts)
-
-
-def strip_url_secrets(url: str) -> str:
-    """A URL without its query string and credentials: signatures and tokens live there."""
-    import urllib.parse as up
-
-    try:
-        u = up.urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    host = u.hostname or ""
-    if u.port:
-        host += f":{u.port}"
-    query = "?<redacted>" if u.query else ""
-    return up.urlunsplit((u.scheme, host, u.path, "", "")) + query

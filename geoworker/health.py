@@ -16,6 +16,7 @@ A check never raises and never waits long (CONNECT_TIMEOUT, API_TIMEOUT). A skip
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -24,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from geoworker.errors import first_line
+from geoworker.errors import DatabaseUnavailable, first_line
 from geoworker.logs import redact
+from geoworker.masking import mask_dsn, strip_url_secrets
+from geoworker.storage.registry import backend_class
 
 OK, FAIL, SKIP = "ok", "fail", "skip"
 MARKS = {OK: "✅", FAIL: "❌", SKIP: "➖"}
@@ -94,9 +97,9 @@ def as_json(checks: list[Check]) -> dict[str, Any]:
 
 def check_database(settings) -> Check:
     """Connect, the schema is current, the queue can be read."""
+    # psycopg2 (through db and jobs) here, not at the top: a broken driver must be a failed
+    # check (Dependencies says which), not a health command that cannot start
     from geoworker import db
-    from geoworker.config import mask_dsn
-    from geoworker.errors import DatabaseUnavailable
     from geoworker.jobs import JobQueue
 
     name = "Database"
@@ -134,8 +137,6 @@ def check_database(settings) -> Check:
 
 def check_api(settings) -> Check:
     """GET {api.base_url}/health when an API is configured."""
-    from geoworker.config import strip_url_secrets
-
     name = "Api"
     base = settings.api.base_url.strip()
     if not base:
@@ -159,12 +160,12 @@ def required_free_bytes(settings) -> int:
 
 
 def check_file_system(settings) -> Check:
-    """storage.root (local backend) and temp_dir: writable, with free space above the threshold."""
+    """temp_dir and the backend's own directories (storage.root on the local backend): writable,
+    with free space above the threshold."""
     name = "File_System"
     wanted = required_free_bytes(settings)
-    places = {"temp_dir": settings.storage.temp_dir}
-    if settings.storage.backend == "local":
-        places["storage.root"] = settings.storage.root
+    places = {"temp_dir": settings.storage.temp_dir,
+              **backend_class(settings.storage.backend).local_directories(settings)}
     details: dict[str, Any] = {"required_free_bytes": wanted}
     problems = []
     for key, path in places.items():
@@ -195,7 +196,11 @@ def _check_directory(path: Path, wanted: int) -> tuple[str | None, dict[str, Any
 
 
 def check_dependencies() -> Check:
-    """The libraries a job needs import, and rasterio/GDAL write and read a tiny GeoTIFF in memory."""
+    """The libraries a job needs import, and rasterio/GDAL write and read a tiny GeoTIFF in memory.
+
+    They are imported in here (and in the helpers below), not at the top: a missing or
+    broken one must be this check's failure, not a health command that cannot start.
+    """
     name = "Dependencies"
     versions: dict[str, Any] = {}
     missing = []
@@ -242,8 +247,6 @@ def _tiny_geotiff_round_trip() -> None:
 
 
 def _tiny_png() -> None:
-    import io
-
     import numpy as np
     from PIL import Image
 

@@ -18,7 +18,6 @@ import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Mapping, Sequence
 
-import psycopg2.errors
 import psycopg2.extras
 
 from geoworker import db
@@ -125,14 +124,11 @@ class JobQueue:
         self.sslmode = sslmode
         self.statement_timeout = statement_timeout
         self._conn = None
-        self._queries = db.load_queries()
         self._channels: list[str] = []
-        # PgBouncer in transaction mode (before 1.21) cannot keep session-level prepared statements
-        self.prepare = prepare
-        self._prepared_on = None
-        self._prepared: set[str] = set()
         # a child's heartbeat thread shares this connection with its main thread
         self._lock = threading.RLock()
+        # prepare=False for PgBouncer in transaction mode (before 1.21)
+        self._queries = db.NamedQueries(prepare, lock=self._lock)
 
     @classmethod
     def from_settings(cls, settings, worker_id: str = "cli", application_name: str = "geoworker",
@@ -162,9 +158,7 @@ class JobQueue:
                                   connect_timeout=self.connect_timeout, sslmode=self.sslmode,
                                   statement_timeout=self.statement_timeout)
                 if self._channels:  # a new session must subscribe again
-                    with db.wrap_errors("listen"), conn.cursor() as cur:
-                        for channel in self._channels:
-                            cur.execute(f"LISTEN {channel}")
+                    db.listen(conn, self._channels)
                 self._conn = conn
             return self._conn
 
@@ -192,17 +186,8 @@ class JobQueue:
         try:
             with self._lock, db.wrap_errors(f"query {name}"):
                 if cursor is not None:
-                    return self._execute(cursor, name, params or {})
-                with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-                    try:
-                        return self._execute(cur, name, params or {})
-                    except psycopg2.errors.FeatureNotSupported:
-                        # "cached plan must not change result type": a migration altered a
-                        # table under our prepared statements; prepare them again, once
-                        if not self.prepare:
-                            raise
-                        self._forget_prepared()
-                        return self._execute(cur, name, params or {})
+                    return self._queries.execute(cursor, name, params or {})
+                return self._queries.run(self.conn, name, params or {})
         except Exception as exc:
             if isinstance(exc.__cause__, db.ClientTimeout) and self._conn is not None:
                 self._conn.close()  # mid-conversation with a silent server: this session is unusable
@@ -210,31 +195,8 @@ class JobQueue:
                 self._conn = None
             raise
 
-    def _forget_prepared(self) -> None:
-        with self.conn.cursor() as cur:
-            cur.execute("DEALLOCATE ALL")
-        self._prepared = set()
-
-    def _execute(self, cur, name: str, params: Mapping[str, Any]) -> list[dict]:
-        """Named queries are PREPAREd once per session: parsing and planning the claim and
-        complete CTEs cost more than running them (bench/queue_ops.py measured 0.60x of a
-        plain SKIP LOCKED loop without, about 0.8x with)."""
-        if not self.prepare:
-            cur.execute(self._queries[name], params)
-        else:
-            if cur.connection is not self._prepared_on:
-                self._prepared_on, self._prepared = cur.connection, set()
-            sql, names = db.prepared_form(name)
-            if name not in self._prepared:
-                cur.execute(f"PREPARE gw_{name} AS {sql}")
-                self._prepared.add(name)
-            args = ", ".join(["%s"] * len(names))
-            cur.execute(f"EXECUTE gw_{name}" + (f"({args})" if names else ""), [params[n] for n in names])
-        return list(cur.fetchall()) if cur.description else []
-
     def ping(self) -> None:
-        with db.wrap_errors("ping"), self.conn.cursor() as cur:
-            cur.execute("SELECT 1")
+        db.ping(self.conn)
 
     # --- producing ------------------------------------------------------------------
 
@@ -357,16 +319,7 @@ class JobQueue:
 
     def requeue_stale(self, stale_after: float, limit: int = 100) -> list[Job]:
         """Rescue running jobs whose heartbeat is stale and whose worker is gone (any host)."""
-        try:
-            return self._requeue_stale(stale_after, limit)
-        except psycopg2.errors.FeatureNotSupported:
-            if not self.prepare:
-                raise
-            # a migration altered geo_jobs under our prepared statements (see _run): the
-            # transaction was rolled back; prepare again and run it once more
-            with self._lock, db.wrap_errors("deallocate"):
-                self._forget_prepared()
-            return self._requeue_stale(stale_after, limit)
+        return self._queries.replanned(self.conn, lambda: self._requeue_stale(stale_after, limit))
 
     def _requeue_stale(self, stale_after: float, limit: int) -> list[Job]:
         rescued: list[Job] = []
@@ -479,9 +432,8 @@ class JobQueue:
     def listen(self, *channels: str) -> None:
         """Subscribe this connection to NOTIFY channels (default: new claimable jobs), again after reconnects."""
         new = [c for c in (channels or (db.LISTEN_CHANNEL,)) if c not in self._channels]
-        with self._lock, db.wrap_errors("listen"), self.conn.cursor() as cur:
-            for channel in new:
-                cur.execute(f"LISTEN {channel}")
+        with self._lock:
+            db.listen(self.conn, new)
         self._channels.extend(new)
 
     def notifications(self) -> list[tuple[str, str]]:

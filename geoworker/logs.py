@@ -37,6 +37,9 @@ _SECRETS = [
 ]
 
 
+# settings warnings this process has logged (setup_service_logging)
+_warned: set[str] = set()
+
 _SECRET_HINTS = re.compile(r"(?i)=|://|authorization")
 
 
@@ -90,7 +93,11 @@ def _json_patch(record: dict) -> None:
 
 
 def setup_service_logging(settings, role: str = "supervisor") -> None:
-    """Sinks for a long-running process: stderr (for supervisord/journald) and the rotating file."""
+    """Sinks for a long-running process: stderr (for supervisord/journald) and the rotating file.
+
+    Then the settings' warnings (a deprecated key), each once per process: the service
+    calls this at start and again after each SIGHUP, which should not repeat them.
+    """
     cfg = settings.logging
     logger.remove()
     logger.configure(extra={"role": role, "pid": os.getpid(), "where": ""},
@@ -108,6 +115,10 @@ def setup_service_logging(settings, role: str = "supervisor") -> None:
             raise ConfigError(f"logging.file: cannot write {cfg.file}: {exc.strerror or exc}") from None
         except ValueError as exc:  # a rotation loguru cannot parse
             raise ConfigError(f"logging.rotation: {exc}") from None
+    for warning in settings.warnings:
+        if warning not in _warned:
+            _warned.add(warning)
+            logger.warning(warning)
 
 
 def setup_cli_logging(level: str = "WARNING") -> None:

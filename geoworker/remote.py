@@ -39,7 +39,7 @@ from geoworker.api.wire import (
     WORKER_SCHEME,
     job_from_wire,
 )
-from geoworker.config import strip_url_secrets
+from geoworker.masking import strip_url_secrets
 from geoworker.db import hostname
 from geoworker.errors import (
     ConfigError,

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from geoworker import tasks
-from geoworker.errors import BadParams, GeoworkerError
+from geoworker.errors import BadParams, GeoworkerError, InvalidInput
 from geoworker.jobs import Job, JobQueue, Status
+from geoworker.storage.registry import backend_class, is_backend_url
 
 PRIORITY_RANGE = (-1_000_000, 1_000_000)
 MAX_ATTEMPTS_RANGE = (1, 1000)
@@ -110,30 +111,19 @@ def input_reference(source: str, settings) -> dict[str, Any] | Path:
     size, limit = path.stat().st_size, settings.storage.max_file_size
     if size > limit:
         raise SubmissionRefused(f"{source}: {size} bytes is more than storage.max_file_size ({limit} bytes)")
-    if settings.storage.backend == "http":
-        raise SubmissionRefused("storage.backend = \"http\" takes its inputs from the platform's signed URLs, "
-                                "not from local files")
+    refusal = backend_class(settings.storage.backend).refuses_local_inputs
+    if refusal:
+        raise SubmissionRefused(f"storage.backend = \"{settings.storage.backend}\": {refusal}, not from local files")
     return path.resolve()
 
 
 def _url_reference(source: str, settings) -> dict[str, Any]:
-    from urllib.parse import urlsplit
+    from geoworker.storage import UrlPolicy  # late: requests, only for URL inputs
 
-    from geoworker.storage import UrlPolicy, UrlRefused  # late: requests, only for URL inputs
-
-    if urlsplit(source).scheme.lower() == "s3":
-        from geoworker.storage.s3 import parse_s3_url
-
-        bucket, _key = parse_s3_url(source)
-        if settings.storage.backend != "s3":
-            raise SubmissionRefused("s3:// inputs need storage.backend = \"s3\"")
-        if bucket != settings.storage.bucket:
-            raise SubmissionRefused(f"s3 inputs must be in the configured bucket {settings.storage.bucket!r}, "
-                                    f"not {bucket!r}")
-        return {"url": source}
     try:
-        UrlPolicy.from_settings(settings).check_url(source)
-    except UrlRefused as exc:
+        if not is_backend_url(settings, source):  # s3:// is the s3 backend's to check, https:// the policy's
+            UrlPolicy.from_settings(settings).check_url(source)
+    except InvalidInput as exc:  # UrlRefused is one
         raise SubmissionRefused(str(exc)) from None
     return {"url": source}
 

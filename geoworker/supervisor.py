@@ -29,7 +29,8 @@ from loguru import logger
 from geoworker import db, logs, settlement, watchdog
 from geoworker.backoff import Backoff
 from geoworker.breaker import Breaker
-from geoworker.config import load_settings, mask_dsn, strip_url_secrets
+from geoworker.config import load_settings
+from geoworker.masking import mask_dsn, strip_url_secrets
 from geoworker.errors import ConfigError, DatabaseUnavailable
 from geoworker.memreport import rss
 from geoworker.pipes import drain, set_nonblocking

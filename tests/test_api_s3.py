@@ -29,9 +29,9 @@ def s3(tmp_path_factory):
 
 
 def s3_env(s3, bucket: str) -> dict[str, str]:
-    return {"GEOWORKER_STORAGE_BACKEND": "s3", "GEOWORKER_STORAGE_ENDPOINT_URL": s3.endpoint,
-            "GEOWORKER_STORAGE_BUCKET": bucket, "GEOWORKER_STORAGE_REGION": "us-east-1",
-            "GEOWORKER_STORAGE_ACCESS_KEY_ID": "test", "GEOWORKER_STORAGE_SECRET_ACCESS_KEY": "test"}
+    return {"GEOWORKER_STORAGE_BACKEND": "s3", "GEOWORKER_STORAGE_S3_ENDPOINT_URL": s3.endpoint,
+            "GEOWORKER_STORAGE_S3_BUCKET": bucket, "GEOWORKER_STORAGE_S3_REGION": "us-east-1",
+            "GEOWORKER_STORAGE_S3_ACCESS_KEY_ID": "test", "GEOWORKER_STORAGE_S3_SECRET_ACCESS_KEY": "test"}
 
 
 def test_upload_remote_processing_and_presigned_downloads_on_s3(s3, cli_env, dsn, tmp_path):

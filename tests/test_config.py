@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 
 import pytest
 
 from geoworker.config import SECTIONS, Settings, load_settings
 from geoworker.errors import ConfigError
+from geoworker.storage import registry
 
 from service import ROOT, run_cli
 
@@ -121,6 +124,11 @@ INVALID = [
     ({}, "[processing]\npercentiles = [98, 2]\n", r"^processing\.percentiles: must satisfy"),
     ({}, "[metrics]\nport = 70000\n", r"^metrics\.port: must be a port number"),
     ({}, "[storage]\nbackend = \"ftp\"\n", r"^storage\.backend: must be one of local, s3, http"),
+    ({}, "[storage.s3]\nbuckets = \"b\"\n", r"^config\.toml: unknown key storage\.s3\.buckets"),
+    ({}, "[storage.local]\nroot = \"x\"\n", r"^config\.toml: unknown key storage\.local"),
+    ({}, "[storage]\ns3 = \"b\"\n", r"^config\.toml: storage\.s3 must be a table"),
+    ({"GEOWORKER_STORAGE_S3_BUCKETS": "b"}, "", r"^GEOWORKER_STORAGE_S3_BUCKETS: unknown key storage\.s3\.buckets"),
+    ({"GEOWORKER_STORAGE_TABLES": "x"}, "", r"^GEOWORKER_STORAGE_TABLES: unknown key storage\.tables"),
     ({}, "[queue]\nmode = \"http\"\n", r"^queue\.mode: \"http\" needs api\.base_url"),
 ]
 
@@ -146,10 +154,14 @@ def test_repository_config_toml_documents_every_key_with_its_default(tmp_path):
     documented = load_settings(tmp_path / "config.toml", environ={}, base_dir=tmp_path)
     defaults = load_settings(environ={}, base_dir=tmp_path)
     assert documented.as_dict(mask_secrets=False) == defaults.as_dict(mask_secrets=False)
-    for section, cls in SECTIONS.items():
-        assert f"[{section}]" in text
-        for key in cls.__dataclass_fields__:
-            assert re.search(rf"^#\s?{key} = ", text, re.MULTILINE), f"config.toml does not document {section}.{key}"
+    tables = {f"storage.{name}": cls for name, cls in registry.settings_tables().items()}
+    for section, cls in {**SECTIONS, **tables}.items():
+        assert re.search(rf"^\[{re.escape(section)}\]$", text, re.MULTILINE), f"config.toml has no [{section}]"
+        body = re.split(rf"^\[{re.escape(section)}\]$", text, flags=re.MULTILINE)[1].split("\n[", 1)[0]
+        for f in dataclasses.fields(cls):
+            if not f.metadata.get("tables"):
+                assert re.search(rf"^#\s?{f.name} = ", body, re.MULTILINE), \
+                    f"config.toml does not document {section}.{f.name} in [{section}]"
 
 
 def test_settings_are_frozen():
@@ -192,8 +204,65 @@ def test_an_empty_database_url_does_not_hide_the_pg_variables(tmp_path):
     ("host=db.example user=geo password=hunter2", "hunter2"),
 ])
 def test_mask_dsn_hides_every_spelling_of_the_password(dsn, secret):
-    from geoworker.config import mask_dsn
+    from geoworker.masking import mask_dsn
 
     masked = mask_dsn(dsn)
     assert secret not in masked and "********" in masked
     assert "db.example" in masked
+
+
+# --- a storage backend's own table ----------------------------------------------------------
+
+
+def test_s3_settings_come_from_their_table_and_the_environment(tmp_path):
+    (tmp_path / "config.toml").write_text('[storage]\nbackend = "s3"\n[storage.s3]\nbucket = "from-file"\n'
+                                          'region = "eu-central-1"\n')
+    settings = load_settings(environ={"GEOWORKER_STORAGE_S3_REGION": "us-east-1"}, base_dir=tmp_path)
+    assert (settings.storage.s3.bucket, settings.storage.s3.region) == ("from-file", "us-east-1")
+    assert settings.storage.tables["s3"] is settings.storage.s3
+    assert settings.warnings == ()
+    assert Settings().storage.s3.bucket == ""  # every registered table exists, at its defaults
+
+
+def test_flat_s3_keys_still_work_with_a_warning_naming_the_new_spelling(tmp_path):
+    (tmp_path / "config.toml").write_text('[storage]\nbucket = "flat-bucket"\nprefix = "p"\n')
+    settings = load_settings(environ={"GEOWORKER_STORAGE_ACCESS_KEY_ID": "AKIA-old"}, base_dir=tmp_path)
+    assert (settings.storage.s3.bucket, settings.storage.s3.prefix) == ("flat-bucket", "p")
+    assert settings.storage.s3.access_key_id == "AKIA-old"
+    assert sorted(settings.warnings) == [
+        "GEOWORKER_STORAGE_ACCESS_KEY_ID is deprecated: use GEOWORKER_STORAGE_S3_ACCESS_KEY_ID",
+        "storage.bucket in config.toml is deprecated: write it as bucket under [storage.s3]",
+        "storage.prefix in config.toml is deprecated: write it as prefix under [storage.s3]",
+    ]
+    assert all("\n" not in w and "AKIA" not in w for w in settings.warnings)
+
+
+def test_the_new_spelling_wins_in_the_same_place_and_the_environment_still_wins_over_the_file(tmp_path):
+    (tmp_path / "config.toml").write_text('[storage]\nbucket = "old-file"\n[storage.s3]\nbucket = "new-file"\n')
+    assert load_settings(environ={}, base_dir=tmp_path).storage.s3.bucket == "new-file"
+    both = {"GEOWORKER_STORAGE_S3_BUCKET": "new-env", "GEOWORKER_STORAGE_BUCKET": "old-env"}
+    assert load_settings(environ=both, base_dir=tmp_path).storage.s3.bucket == "new-env"
+    old_env = load_settings(environ={"GEOWORKER_STORAGE_BUCKET": "old-env"}, base_dir=tmp_path)
+    assert old_env.storage.s3.bucket == "old-env"
+
+
+def test_replace_changes_one_table_and_keeps_the_rest(tmp_path):
+    settings = load_settings(environ={"GEOWORKER_STORAGE_S3_BUCKET": "a"}, base_dir=tmp_path)
+    changed = settings.replace("storage.s3", bucket="b")
+    assert (changed.storage.s3.bucket, settings.storage.s3.bucket) == ("b", "a")
+    assert changed.storage.root == settings.storage.root
+
+
+def test_cli_config_shows_the_table_masked_and_warns_on_stderr(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "GEOWORKER_STORAGE_S3_SECRET_ACCESS_KEY": "hunter3",
+           "GEOWORKER_STORAGE_BUCKET": "flat-bucket"}
+    shown = run_cli(["config"], env=env, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    table = shown.stdout.split("[storage.s3]\n", 1)[1].split("\n\n", 1)[0]
+    assert 'bucket = "flat-bucket"' in table and 'secret_access_key = "********"' in table
+    assert "hunter3" not in shown.stdout + shown.stderr
+    assert shown.stderr.splitlines() == [
+        "geoworker: warning: GEOWORKER_STORAGE_BUCKET is deprecated: use GEOWORKER_STORAGE_S3_BUCKET"]
+    as_json = json.loads(run_cli(["config", "--json"], env=env, cwd=tmp_path).stdout)
+    assert as_json["storage"]["s3"]["bucket"] == "flat-bucket"
+    assert as_json["storage"]["s3"]["secret_access_key"] == "********"

@@ -176,6 +176,31 @@ def test_a_traceback_in_text_mode_is_redacted_too(tmp_path):
     assert "SIG-SECRET" not in text
 
 
+def test_a_service_logs_each_settings_warning_once(tmp_path):
+    """At start, and not again when a SIGHUP sets the logging up anew with the same settings."""
+    import dataclasses
+    import uuid
+
+    from loguru import logger
+
+    from geoworker import logs
+    from geoworker.config import load_settings
+
+    settings = load_settings(environ={"GEOWORKER_LOGGING_FILE": str(tmp_path / "w.log"),
+                                      "GEOWORKER_STORAGE_BUCKET": "b"}, base_dir=tmp_path)
+    assert any("GEOWORKER_STORAGE_S3_BUCKET" in w for w in settings.warnings)
+    fresh = f"a warning no other test logged: {uuid.uuid4()}"
+    settings = dataclasses.replace(settings, warnings=(*settings.warnings, fresh))
+    try:
+        logs.setup_service_logging(settings, role="supervisor")
+        logs.setup_service_logging(settings, role="supervisor")  # a SIGHUP that changed nothing
+    finally:
+        logger.remove()
+        logger.add(sys.stderr)
+    lines = [line for line in (tmp_path / "w.log").read_text().splitlines() if fresh in line]
+    assert len(lines) == 1 and "| WARNING  |" in lines[0]
+
+
 def test_an_unwritable_log_file_is_one_clear_line(cli_env, tmp_path):
     from service import run_cli
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from geoworker import db
@@ -74,13 +76,55 @@ def test_migrate_is_idempotent_and_require_schema_checks_it(fresh_db):
     conn.close()
 
 
-def test_every_named_query_has_a_description_and_parses(dsn):
-    text = (db.resources.files("geoworker.sql") / "queries.sql").read_text()
-    blocks = text.split("-- name: ")[1:]
-    assert len(blocks) == len(db.load_queries())
-    for block in blocks:
-        name, description = block.splitlines()[:2]
-        assert description.startswith("-- ") and len(description) > 10, f"{name} lacks a one-line description"
+def _blocks(file: str) -> list[tuple[str, str, str]]:
+    """(kind, name, description line) of every `-- name:` and `-- fragment:` block of sql/<file>."""
+    text = (db.resources.files("geoworker.sql") / file).read_text()
+    found = re.findall(r"^-- (name|fragment): (\w+)\n(.*)$", text, re.MULTILINE)
+    assert len(found) == text.count("\n-- name: ") + text.count("\n-- fragment: ")
+    return found
+
+
+@pytest.mark.parametrize("file", ["queries.sql", "db.sql"])
+def test_every_named_block_has_a_one_line_description(file):
+    blocks = _blocks(file)
+    assert len([b for b in blocks if b[0] == "name"]) == len(db.load_named(file))
+    for kind, name, description in blocks:
+        assert description.startswith("-- ") and len(description) > 10, f"{kind} {name} lacks a one-line description"
+
+
+def test_each_fragment_is_spelled_out_where_it_is_used():
+    fragments = [name for kind, name, _ in _blocks("queries.sql") if kind == "fragment"]
+    queries = db.load_queries()
+    assert fragments == ["claim", "complete"]
+    assert not any(re.search(r"\{\w+\}", sql) for sql in queries.values()), "a {fragment} was left unexpanded"
+    # complete_and_claim is complete_job's CTEs, then claim_next_job's, word for word
+    claim = queries["claim_next_job"].removeprefix("WITH ").removesuffix("\nSELECT * FROM job")
+    complete = queries["complete_job"].removeprefix("WITH ").removesuffix("\nSELECT * FROM done")
+    assert claim.startswith("next AS (") and complete.startswith("done AS (")
+    assert queries["complete_and_claim"].startswith(f"WITH {complete}, {claim}\n")
+
+
+def test_every_statement_db_py_runs_runs(fresh_db):
+    conn = db.connect(fresh_db())
+    params = {"database_exists": {"name": "postgres"}, "lock_migrations": {"key": db.MIGRATE_LOCK_KEY},
+              "record_migration": {"version": 1, "name": "test", "checksum": "x"}}
+    skipped = {"create_geoworker_database"}  # a database on the shared server; embedded start-up runs it
+    ran = []
+    with db.transaction(conn) as cur:  # in file order: the migrations table is made before it is read
+        for name in db.load_statements():
+            if name not in skipped:
+                db.execute(cur, name, params.get(name))
+                ran.append((name, cur.fetchall() if cur.description else None))
+    results = dict(ran)
+    assert results["ping"] == [{"?column?": 1}]
+    assert results["migrations_table_exists"] == [{"present": True}]
+    assert results["schema_version"] == [{"version": None}]
+    assert set(results) | skipped == set(db.load_statements())
+    assert db.schema_version(conn) == 1
+    conn.close()
+
+
+def test_every_named_query_parses(dsn):
     conn = db.connect(dsn)
     with conn.cursor() as cur:
         for name, query in db.load_queries().items():

@@ -206,6 +206,52 @@ def test_local_receive_input_first_writer_wins(local, settings):
     assert [p.name for p in Path(first["path"]).parent.iterdir()] == ["site.tif"]
 
 
+def test_local_output_file_is_only_a_stored_output_of_that_job(local, settings, tmp_path):
+    src = tmp_path / "site.png"
+    src.write_bytes(b"\x89PNG fake")
+    local.store_outputs(Job(JOB_ID), {"png": src})
+    assert local.output_file(JOB_ID, "site.png").read_bytes() == b"\x89PNG fake"
+    (Path(settings.storage.root) / "jobs" / JOB_ID / "input").mkdir(parents=True)
+    (Path(settings.storage.root) / "jobs" / JOB_ID / "input" / "in.tif").write_bytes(b"II*\x00")
+    for job_id, name in ((JOB_ID, "other.png"), (JOB_ID, "../input/in.tif"), (JOB_ID, ".site.png"),
+                         ("../" + JOB_ID, "site.png"), (JOB_ID, "")):
+        assert local.output_file(job_id, name) is None, (job_id, name)
+
+
+def test_local_discard_input_removes_only_a_file_under_the_root(local, settings, tmp_path):
+    ref = local.receive_input(JOB_ID, "site.tif", [b"II*\x00", b"data"])
+    outside = tmp_path / "keep.tif"
+    outside.write_bytes(b"II*\x00")
+    local.discard_input({"backend": "local", "path": str(outside)})
+    local.discard_input(ref)
+    assert outside.exists() and not Path(ref["path"]).exists()
+
+
+def test_receive_input_without_a_streaming_store_goes_through_a_private_copy(settings, tmp_path):
+    """The base class's receive_input (s3 uses it): the temporary copy is gone afterwards, and a
+    backend that takes no local inputs refuses the upload with its reason."""
+    from geoworker.storage.base import Backend, UnsupportedOperation
+    from geoworker.storage.http_backend import HttpBackend
+
+    class Importing(Backend):  # what the copy looks like when import_file gets it
+        def import_file(self, job_id, path):
+            path = Path(path)
+            return {"name": path.name, "data": path.read_bytes(), "mode": stat.S_IMODE(path.parent.stat().st_mode)}
+
+        def store_outputs(self, job, files):
+            raise AssertionError("not used")
+
+    with Importing(settings) as backend:
+        ref = backend.receive_input(JOB_ID, "../site.tif", [b"II*\x00", b"data"], content_type="image/tiff")
+        assert ref == {"name": "site.tif", "data": b"II*\x00data", "mode": 0o700, "content_type": "image/tiff"}
+        with pytest.raises(TooLarge):
+            backend.receive_input(JOB_ID, "site.tif", [b"II*\x00", b"data"], max_size=5)
+    assert list(Path(settings.storage.temp_dir).iterdir()) == []
+    with HttpBackend(settings) as http, pytest.raises(UnsupportedOperation, match="signed URLs"):
+        http.receive_input(JOB_ID, "site.tif", [b"II*\x00"])
+    assert list(Path(settings.storage.temp_dir).iterdir()) == []
+
+
 def test_local_import_refuses_a_file_over_the_cap(local, tmp_path):
     big = tmp_path / "big.tif"
     big.write_bytes(b"II*\x00" + b"\x00" * (1 << 20))
@@ -326,3 +372,51 @@ def test_signed_paths_verify_and_bind_method_path_expiry_and_size():
 def test_errors_map_to_the_documented_codes():
     assert describe(StorageError("x"))[0::2] == ("storage_error", False)
     assert describe(PermanentStorageError("x"))[0::2] == ("storage_error", True)
+
+
+# --- the registry of backends -------------------------------------------------------------
+
+
+def test_every_registered_backend_opens_under_its_name(tmp_path):
+    from geoworker.storage import registry
+
+    settings = make_settings(tmp_path, s3={"bucket": "b", "region": "us-east-1"})
+    assert registry.names() == ("local", "s3", "http")
+    for name in registry.names():
+        with open_backend(settings.replace("storage", backend=name)) as backend:
+            assert backend.name == name and type(backend) is registry.backend_class(name)
+
+
+@pytest.mark.parametrize("backend, url, problem", [
+    ("local", "s3://b/x.tif", 's3:// inputs need storage.backend = "s3"'),
+    ("http", "s3://b/x.tif", 's3:// inputs need storage.backend = "s3"'),
+    ("s3", "s3://other/x.tif", "configured bucket 'b', not 'other'"),
+    ("s3", "s3://b", "not an s3://bucket/key URL"),
+])
+def test_a_url_another_backend_reads_is_refused_before_a_job_is_made(tmp_path, backend, url, problem):
+    from geoworker.storage.registry import is_backend_url
+
+    settings = make_settings(tmp_path, backend=backend, s3={"bucket": "b"})
+    with pytest.raises(InvalidInput) as info:
+        is_backend_url(settings, url)
+    assert problem in str(info.value)
+
+
+def test_https_urls_are_the_url_policys_and_s3_urls_the_s3_backends(tmp_path):
+    from geoworker.storage.registry import is_backend_url
+
+    settings = make_settings(tmp_path, backend="s3", s3={"bucket": "b"})
+    assert is_backend_url(settings, "s3://b/in/x.tif") is True
+    assert is_backend_url(settings, "https://files.example.org/x.tif") is False
+    assert is_backend_url(settings.replace("storage", backend="local"), "https://files.example.org/x.tif") is False
+
+
+def test_the_file_system_check_looks_at_the_directories_the_backend_keeps(tmp_path):
+    from geoworker.health import check_file_system
+
+    settings = make_settings(tmp_path, s3={"bucket": "b"})
+    local = check_file_system(settings)
+    on_s3 = check_file_system(settings.replace("storage", backend="s3"))
+    assert local.status == on_s3.status == "ok"
+    assert set(local.details) >= {"temp_dir", "storage.root"}
+    assert "temp_dir" in on_s3.details and "storage.root" not in on_s3.details

@@ -115,8 +115,8 @@ def test_a_declared_non_tiff_type_is_refused(backend, s3, bucket, tmp_path):
 
 
 def test_an_unreachable_endpoint_is_transient(tmp_path):
-    settings = make_settings(tmp_path, backend="s3", endpoint_url=f"http://127.0.0.1:{free_port()}", bucket="b",
-                             region="us-east-1", access_key_id="k", secret_access_key="s")
+    settings = make_settings(tmp_path, backend="s3", s3={"endpoint_url": f"http://127.0.0.1:{free_port()}",
+                             "bucket": "b", "region": "us-east-1", "access_key_id": "k", "secret_access_key": "s"})
     quick = TransferPolicy(connect_timeout=1, read_timeout=1, attempts=1)
     with open_backend(settings, transfer=quick) as b:
         with pytest.raises(StorageError) as info:

@@ -36,11 +36,13 @@ SCANNER = (f"{sys.executable} -c \"import sys; sys.exit(1 if b'EICAR' in open(sy
 FAST = TransferPolicy(connect_timeout=5, read_timeout=10, attempts=3, backoff_base=0.01, backoff_max=0.05)
 
 
-def make_settings(tmp_path: Path, **storage):
-    """Settings with storage under tmp_path (no config file, no environment), storage keys overridden."""
+def make_settings(tmp_path: Path, s3: dict | None = None, **storage):
+    """Settings with storage under tmp_path (no config file, no environment), storage keys overridden
+    (and those of the [storage.s3] table, if given)."""
     base = load_settings(environ={}, base_dir=tmp_path)
     values = {"root": str(tmp_path / "storage"), "temp_dir": str(tmp_path / "tmp"), **storage}
-    return base.replace("storage", **values)
+    settings = base.replace("storage", **values)
+    return settings.replace("storage.s3", **s3) if s3 else settings
 
 
 def write_geotiff(path: Path, size: int = 64, bands: int = 3) -> Path:
@@ -296,9 +298,10 @@ class S3Server:
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
                             aws_access_key_id="test", aws_secret_access_key="test")
 
-    def settings(self, tmp_path: Path, bucket: str, **storage):
-        return make_settings(tmp_path, backend="s3", endpoint_url=self.endpoint, bucket=bucket, region="us-east-1",
-                             access_key_id="test", secret_access_key="test", **storage)
+    def settings(self, tmp_path: Path, bucket: str, prefix: str = "", **storage):
+        return make_settings(tmp_path, backend="s3", s3={"endpoint_url": self.endpoint, "bucket": bucket,
+                             "prefix": prefix, "region": "us-east-1", "access_key_id": "test",
+                             "secret_access_key": "test"}, **storage)
 
 
 def run_claimed_job(queue, settings, backend):

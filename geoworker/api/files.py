@@ -13,9 +13,6 @@ upload never sits in memory.
 
 from __future__ import annotations
 
-import contextlib
-import os
-from pathlib import Path
 from typing import Any, AsyncIterator, Iterable, Iterator, Optional
 
 import anyio.from_thread
@@ -28,9 +25,11 @@ from starlette.requests import ClientDisconnect
 from geoworker.api.errors import ApiError
 from geoworker.api.schemas import JobView
 from geoworker.api.state import ApiState
-from geoworker.api.user import FILES_PREFIX, UPLOAD_PREFIX, api_state, local_output
+from geoworker.api.user import FILES_PREFIX, UPLOAD_PREFIX, api_state
 from geoworker.api.views import user_job
 from geoworker.errors import InvalidInput, InvalidState, JobNotFound, TooLarge
+from geoworker.storage.content_types import content_type_for
+from geoworker.storage.names import safe_filename
 from geoworker.jobs import Job, Status
 
 router = APIRouter(tags=["signed URLs"])
@@ -136,15 +135,10 @@ def _checked(chunks: Iterable[bytes], size: int, check_magic: bool) -> Iterator[
 def _store(state: ApiState, job: Job, file_name: str, chunks: Iterator[bytes], size: int,
            content_type: str | None) -> dict[str, Any]:
     """Stream the body into storage; on any refusal nothing is left behind."""
-    from geoworker.storage import safe_filename
-
     name = safe_filename(file_name)
     body = _checked(chunks, size, state.settings.storage.validate_headers)
-    backend = state.backend()
-    try:
-        if backend.name == "local":
-            return backend.receive_input(job.id, name, body, max_size=size, content_type=content_type)
-        return _store_via_temp(state, backend, job, name, body, size, content_type)
+    try:  # local streams it into place; s3 goes through a private temporary copy
+        return state.backend().receive_input(job.id, name, body, max_size=size, content_type=content_type)
     except TooLarge as exc:
         raise ApiError(413, f"{exc}; nothing was stored", code="too_large") from None
     except InvalidInput as exc:
@@ -155,23 +149,6 @@ def _store(state: ApiState, job: Job, file_name: str, chunks: Iterator[bytes], s
         raise ApiError(409, str(exc), code="invalid_state") from None
 
 
-def _store_via_temp(state: ApiState, backend, job: Job, name: str, body: Iterator[bytes], size: int,
-                    content_type: str | None) -> dict[str, Any]:
-    """Backends without a streaming receive (s3): a private temporary copy, then the backend's import."""
-    from geoworker.storage.stream import write_capped
-    from geoworker.storage.workdir import create_workdir, remove_workdir
-
-    workdir = create_workdir(state.settings.storage.temp_dir, job.id)
-    try:
-        write_capped(body, Path(workdir) / name, size)
-        ref = backend.import_file(job.id, Path(workdir) / name)
-    finally:
-        remove_workdir(workdir)
-    if content_type:
-        ref["content_type"] = content_type
-    return ref
-
-
 def _queue(state: ApiState, job: Job, ref: dict[str, Any]) -> Job:
     """Queue the job with its input; if it was cancelled meanwhile, remove what was stored."""
     data = {"name": ref.get("name"), "size": ref.get("size"), "sha256": ref.get("sha256"), "via": "signed upload"}
@@ -179,9 +156,7 @@ def _queue(state: ApiState, job: Job, ref: dict[str, Any]) -> Job:
         with state.pool.lease("api") as queue:
             return queue.queue_pending(job.id, ref, data=data)
     except (InvalidState, JobNotFound) as exc:
-        if ref.get("backend") == "local" and ref.get("path"):
-            with contextlib.suppress(OSError):
-                os.unlink(ref["path"])
+        state.backend().discard_input(ref)
         raise ApiError(409, f"{exc}; the upload was discarded", code="invalid_state") from None
 
 
@@ -192,10 +167,8 @@ def _queue(state: ApiState, job: Job, ref: dict[str, Any]) -> Job:
 def get_file(job_id: str, file_name: str, request: Request,
              expires: Optional[str] = Query(None, description="unix time the URL expires"),
              signature: Optional[str] = Query(None, description="HMAC-SHA256, hex")):
-    from geoworker.storage.s3 import content_type_for
-
     _verify(request, "GET")
-    path = local_output(api_state(request), job_id, file_name)
+    path = api_state(request).backend().output_file(job_id, file_name)
     if path is None:
         raise ApiError(404, "no such output")
     return FileResponse(path, media_type=content_type_for(path), filename=path.name)

@@ -21,13 +21,13 @@ from loguru import logger
 
 from geoworker import db
 from geoworker.backoff import Backoff
+from geoworker.db import STATEMENT_TIMEOUT
 from geoworker.errors import ConfigError, DatabaseUnavailable
 from geoworker.jobs import JobQueue
 from geoworker.rescue import RescueThread, Rescuer
 
 POOL_SIZE = 8  # connections; requests beyond that wait for one (the thread pool has 40 threads)
 POOL_WAIT = 10.0  # seconds a request waits for a connection before answering 503
-STATEMENT_TIMEOUT = 30.0  # seconds: a request must not hang on a stalled database
 
 
 class QueuePool:

@@ -125,9 +125,10 @@ def upload_url(job_id: str, body: UploadRequest, request: Request, owner: str = 
     job = own_job(state, job_id, owner)
     if job.status != Status.PENDING.value:
         raise ApiError(409, f"job {job.id} is {job.status}, not waiting for its input", code="invalid_state")
-    if settings.storage.backend == "http":
-        raise ApiError(409, "this API's storage.backend is \"http\": inputs come from the platform's own signed "
-                            "URLs, not uploads", code="unsupported")
+    refusal = state.backend().refuses_local_inputs
+    if refusal:
+        raise ApiError(409, f"this API's storage.backend is \"{settings.storage.backend}\": {refusal}, "
+                            "not uploads", code="unsupported")
     limit = settings.storage.max_file_size
     if body.fileSize > limit:
         raise ApiError(422, f"fileSize: {body.fileSize} bytes is more than this service accepts "
@@ -164,36 +165,22 @@ def download_outputs(job_id: str, request: Request, owner: str = Depends(current
 
 def _download(state: ApiState, request: Request, job: Job, kind: str, ref: Any, seconds: int,
               sha256: str | None) -> dict[str, Any]:
-    from geoworker.storage.s3 import content_type_for
+    """A file the backend keeps on this host is served by this API (a signed /api/files URL);
+    otherwise the backend presigns it if it can (s3). An http:// reference is the platform's
+    own storage, which has its own way to hand it out: no URL."""
+    from geoworker.storage.content_types import content_type_for
     from geoworker.storage.signing import sign_path
 
     text = str(ref)
     name = output_name(text)
     item: dict[str, Any] = {"kind": kind, "fileName": name, "url": None, "size": None, "sha256": sha256,
                             "contentType": content_type_for(Path(name))}
-    if text.startswith("s3://"):
-        if state.settings.storage.backend == "s3":
-            item["url"] = state.backend().presign(text)
-    elif "://" not in text:
-        path = local_output(state, job.id, name)
-        if path is not None:
-            item["size"] = path.stat().st_size
-            item["url"] = base_url(request, state) + sign_path(
-                state.settings.api.signing_secret, "GET", f"{FILES_PREFIX}/{job.id}/{name}", seconds)
-    # an http:// reference is the platform's own storage: it has its own way to hand it out
+    backend = state.backend()
+    path = backend.output_file(job.id, name) if "://" not in text else None
+    if path is not None:
+        item["size"] = path.stat().st_size
+        item["url"] = base_url(request, state) + sign_path(
+            state.settings.api.signing_secret, "GET", f"{FILES_PREFIX}/{job.id}/{name}", seconds)
+    elif "://" in text:
+        item["url"] = backend.presign(text)
     return item
-
-
-def local_output(state: ApiState, job_id: str, name: str) -> Path | None:
-    """The output file `name` of a job on the local backend, or None if there is none."""
-    from geoworker.storage import safe_filename
-    from geoworker.storage.names import checked_job_id
-
-    try:
-        job_dir = checked_job_id(job_id)
-    except ValueError:
-        return None
-    if not name or safe_filename(name, default="") != name:
-        return None
-    path = Path(state.settings.storage.root) / "jobs" / job_dir / "output" / name
-    return path if path.is_file() else None

@@ -1,6 +1,8 @@
 -- Every query geoworker runs against its tables, by name. Loaded once by db.load_queries();
 -- called from jobs.py only. Each "-- name:" header is followed by a one-line description.
 -- A state change and its event are one statement, so they commit (or not) together.
+-- A "-- fragment:" is a part two statements share, written once: `{fragment}` in a
+-- statement stands for it (db.load_named spells it out, so each is still one statement).
 
 -- name: enqueue_job
 -- Insert one job, record its creation, and wake idle workers if it is claimable.
@@ -35,9 +37,9 @@ WITH job AS (
 )
 SELECT count(*) AS inserted FROM job LEFT JOIN wake ON true;
 
--- name: claim_next_job
--- Take the best claimable job (priority, then run_at, then age), skipping rows others hold.
-WITH next AS (
+-- fragment: claim
+-- The claim (CTEs next, job, claim_event): lock the best claimable job, mark it the worker's, record it.
+next AS (
     SELECT id FROM geo_jobs
     WHERE status = 'queued' AND run_at <= now()
     ORDER BY priority DESC, run_at, created_at
@@ -50,12 +52,33 @@ WITH next AS (
         progress = 0, progress_message = 'claimed', updated_at = now()
     FROM next WHERE j.id = next.id
     RETURNING j.*
-), event AS (
+), claim_event AS (
     INSERT INTO geo_job_events (job_id, kind, message, worker, data)
     SELECT id, 'claimed', 'attempt ' || attempts || ' of ' || max_attempts, %(worker)s,
            jsonb_build_object('attempt', attempts)
     FROM job
 )
+
+-- fragment: complete
+-- The completion (CTEs done, done_event): the caller's running job succeeds with its outputs, recorded.
+done AS (
+    UPDATE geo_jobs
+    SET status = 'succeeded', progress = 100, progress_message = 'done', outputs = %(outputs)s,
+        result = %(result)s, finished_at = now(), locked_by = NULL, error_code = NULL,
+        last_error = NULL, updated_at = now()
+    WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
+    RETURNING *
+), done_event AS (
+    INSERT INTO geo_job_events (job_id, kind, message, worker, data)
+    SELECT id, 'succeeded',
+           'succeeded in ' || to_char(extract(epoch FROM finished_at - started_at), 'FM9999990.000') || ' s',
+           %(worker)s, jsonb_build_object('attempt', attempts)
+    FROM done
+)
+
+-- name: claim_next_job
+-- Take the best claimable job (priority, then run_at, then age), skipping rows others hold.
+WITH {claim}
 SELECT * FROM job;
 
 -- name: heartbeat
@@ -79,56 +102,12 @@ SELECT id FROM job;
 
 -- name: complete_job
 -- Mark the caller's running job succeeded with its outputs; acts only if the caller still holds it.
-WITH job AS (
-    UPDATE geo_jobs
-    SET status = 'succeeded', progress = 100, progress_message = 'done', outputs = %(outputs)s,
-        result = %(result)s, finished_at = now(), locked_by = NULL, error_code = NULL,
-        last_error = NULL, updated_at = now()
-    WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
-    RETURNING *
-), event AS (
-    INSERT INTO geo_job_events (job_id, kind, message, worker, data)
-    SELECT id, 'succeeded',
-           'succeeded in ' || to_char(extract(epoch FROM finished_at - started_at), 'FM9999990.000') || ' s',
-           %(worker)s, jsonb_build_object('attempt', attempts)
-    FROM job
-)
-SELECT * FROM job;
+WITH {complete}
+SELECT * FROM done;
 
 -- name: complete_and_claim
 -- complete_job, then claim_next_job, in one statement: a busy worker commits once per job, not twice.
-WITH done AS (
-    UPDATE geo_jobs
-    SET status = 'succeeded', progress = 100, progress_message = 'done', outputs = %(outputs)s,
-        result = %(result)s, finished_at = now(), locked_by = NULL, error_code = NULL,
-        last_error = NULL, updated_at = now()
-    WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
-    RETURNING id, started_at, finished_at, attempts
-), done_event AS (
-    INSERT INTO geo_job_events (job_id, kind, message, worker, data)
-    SELECT id, 'succeeded',
-           'succeeded in ' || to_char(extract(epoch FROM finished_at - started_at), 'FM9999990.000') || ' s',
-           %(worker)s, jsonb_build_object('attempt', attempts)
-    FROM done
-), next AS (
-    SELECT id FROM geo_jobs
-    WHERE status = 'queued' AND run_at <= now()
-    ORDER BY priority DESC, run_at, created_at
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
-), job AS (
-    UPDATE geo_jobs AS j
-    SET status = 'running', attempts = j.attempts + 1, locked_by = %(worker)s,
-        heartbeat_at = now(), started_at = now(), finished_at = NULL,
-        progress = 0, progress_message = 'claimed', updated_at = now()
-    FROM next WHERE j.id = next.id
-    RETURNING j.*
-), claim_event AS (
-    INSERT INTO geo_job_events (job_id, kind, message, worker, data)
-    SELECT id, 'claimed', 'attempt ' || attempts || ' of ' || max_attempts, %(worker)s,
-           jsonb_build_object('attempt', attempts)
-    FROM job
-)
+WITH {complete}, {claim}
 SELECT (SELECT count(*) FROM done) AS completed, job.* FROM (SELECT 1) AS one LEFT JOIN job ON true;
 
 -- name: fail_attempt

@@ -1,6 +1,6 @@
-"""Storage: where a job's input comes from and where its outputs go (DESIGN.md section 5).
+"""Storage: where a job's input comes from and where its outputs go.
 
-    backend = open_backend(settings)               # storage.backend: local | s3 | http
+    backend = open_backend(settings)               # storage.backend: a name in storage.registry
     fetched = backend.fetch(job, workdir / "in")   # FetchedFile(path, size, sha256, content_type, source)
     refs = backend.store_outputs(job, {"png": path, ...})   # {kind: reference}
 
@@ -22,48 +22,42 @@ Output references (the job's `outputs`, {kind: reference}):
     http    the PUT URL without its query string (no signature)
 
 Work directories (geoworker.storage.workdir): create_workdir, remove_workdir,
-remove_child_workdirs, sweep_workdirs.
+remove_child_workdirs, sweep_workdirs. Backends by name, and how to add one:
+geoworker.storage.registry.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from geoworker.storage.base import Backend, FetchedFile, UnsupportedOperation, input_reference
-from geoworker.storage.checks import check_input
-from geoworker.storage.names import safe_filename
-from geoworker.storage.urls import TransferPolicy, UrlPolicy, UrlRefused
-from geoworker.storage.workdir import create_workdir, remove_child_workdirs, remove_workdir, sweep_workdirs
-
+# The names below are imported on first use (PEP 562): config imports storage.registry to
+# check storage.backend, and importing this package must not pull requests and urllib3
+# (storage.urls, a tenth of a second) into every command that reads its configuration.
+_EXPORTS = {
+    "Backend": "base", "FetchedFile": "base", "UnsupportedOperation": "base", "input_reference": "base",
+    "check_input": "checks", "safe_filename": "names", "open_backend": "registry",
+    "TransferPolicy": "urls", "UrlPolicy": "urls", "UrlRefused": "urls",
+    "create_workdir": "workdir", "remove_child_workdirs": "workdir", "remove_workdir": "workdir",
+    "sweep_workdirs": "workdir",
+}
 __all__ = [
     "Backend", "FetchedFile", "TransferPolicy", "UnsupportedOperation", "UrlPolicy", "UrlRefused",
     "check_input", "create_workdir", "input_reference", "open_backend", "remove_child_workdirs",
     "remove_workdir", "safe_filename", "sweep_workdirs",
 ]
 
+if TYPE_CHECKING:
+    from geoworker.storage.base import Backend, FetchedFile, UnsupportedOperation, input_reference
+    from geoworker.storage.checks import check_input
+    from geoworker.storage.names import safe_filename
+    from geoworker.storage.registry import open_backend
+    from geoworker.storage.urls import TransferPolicy, UrlPolicy, UrlRefused
+    from geoworker.storage.workdir import create_workdir, remove_child_workdirs, remove_workdir, sweep_workdirs
 
-def open_backend(settings, *, transfer: TransferPolicy | None = None,
-                 unsafe_allow_endpoints: Iterable[tuple[str, int]] = ()) -> Backend:
-    """The backend storage.backend names, ready to use (close it, or use it as a context manager).
 
-    Args:
-        settings: the Settings.
-        transfer: timeouts and retries (default TransferPolicy()).
-        unsafe_allow_endpoints: (ip, port) pairs exempt from the public-address rule. For tests
-            whose servers listen on loopback; never set it from configuration.
-    """
-    kind = settings.storage.backend
-    kwargs = {"transfer": transfer, "unsafe_allow_endpoints": unsafe_allow_endpoints}
-    if kind == "local":
-        from geoworker.storage.local import LocalBackend
-
-        return LocalBackend(settings, **kwargs)
-    if kind == "s3":
-        from geoworker.storage.s3 import S3Backend
-
-        return S3Backend(settings, **kwargs)
-    if kind == "http":
-        from geoworker.storage.http_backend import HttpBackend
-
-        return HttpBackend(settings, **kwargs)
-    raise ValueError(f"unknown storage backend {kind!r}")
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -1,4 +1,5 @@
-"""What every backend shares: reading a job's input reference and fetching it.
+"""What every backend shares: reading a job's input reference and fetching it, and the
+interface the CLI, the API and the health check use instead of asking which backend it is.
 
 A backend decides where outputs go (`store_outputs`); inputs are fetched by what the
 reference says, so a job on the local backend can still take an https:// input.
@@ -8,16 +9,20 @@ from __future__ import annotations
 
 import abc
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 from geoworker.errors import InvalidInput, PermanentStorageError
 from geoworker.storage.checks import check_content_type
 from geoworker.storage.names import safe_filename
 from geoworker.storage.stream import file_chunks, too_large, write_capped
-from geoworker.storage.urls import TransferPolicy, UrlPolicy, UrlTransfer
+from geoworker.storage.workdir import create_workdir, remove_workdir
+
+if TYPE_CHECKING:
+    from geoworker.storage.urls import TransferPolicy, UrlTransfer
 
 
 @dataclass(frozen=True)
@@ -46,12 +51,21 @@ def input_reference(job) -> dict[str, Any]:
 
 
 class Backend(abc.ABC):
-    """Base of the local, s3 and http backends."""
+    """Base of the backends in storage.registry (local, s3, http)."""
 
-    name = "base"
+    name: ClassVar[str] = "base"
+    # URL schemes of inputs this backend reads itself (s3://); every backend fetches https://
+    url_schemes: ClassVar[tuple[str, ...]] = ()
+    # None when inputs may come from a local file (`geoworker submit FILE`) or an API upload;
+    # otherwise why not, as the end of a sentence
+    refuses_local_inputs: ClassVar[str | None] = None
 
     def __init__(self, settings, *, transfer: TransferPolicy | None = None,
                  unsafe_allow_endpoints: Iterable[tuple[str, int]] = ()):
+        # storage.urls here, not at the top: it pulls requests and urllib3, and the registry
+        # (which config imports) imports every backend module
+        from geoworker.storage.urls import TransferPolicy, UrlPolicy
+
         self.settings = settings
         self.storage = settings.storage
         self.policy = UrlPolicy.from_settings(settings, unsafe_allow_endpoints)
@@ -61,8 +75,25 @@ class Backend(abc.ABC):
     @property
     def urls(self) -> UrlTransfer:
         if self._urls is None:
+            from geoworker.storage.urls import UrlTransfer  # see __init__
+
             self._urls = UrlTransfer(self.policy, self.transfer)
         return self._urls
+
+    # --- what callers ask of the backend class, before opening one --------------------
+
+    @classmethod
+    def check_input_url(cls, settings, url: str) -> None:
+        """Refuse an input URL of one of url_schemes that this backend would not read (InvalidInput).
+
+        Called before a job is made of the URL (`geoworker submit URL`); https:// URLs are
+        UrlPolicy's to check, not the backend's.
+        """
+
+    @classmethod
+    def local_directories(cls, settings) -> dict[str, str]:
+        """{setting: directory} this backend keeps files in on this host (the File_System health check)."""
+        return {}
 
     def close(self) -> None:
         if self._urls is not None:
@@ -85,24 +116,22 @@ class Backend(abc.ABC):
         if ref.get("url"):
             url = str(ref["url"])
             scheme = urlsplit(url).scheme.lower()
-            if scheme == "s3":
-                return self._fetch_s3(ref, dest_dir)
             if scheme in ("http", "https"):
                 return self._fetch_url(ref, dest_dir)
-            raise InvalidInput(f"input URLs must be https:// (or s3:// on the s3 backend), not {scheme}://")
+            if scheme in self.url_schemes:
+                return self._fetch_own_url(ref, dest_dir)
+            raise InvalidInput(f"input URLs must be https://, not {scheme}:// (storage.backend = {self.name!r} "
+                               f"on this worker reads no {scheme}:// inputs)")
         return self._fetch_local(ref, dest_dir)
-
-    def fetch_input(self, job, dest_dir: Path) -> Path:
-        """The contract's short form of fetch(): only the local path."""
-        return self.fetch(job, dest_dir).path
 
     def _fetch_url(self, ref: Mapping[str, Any], dest_dir: Path) -> FetchedFile:
         got = self.urls.download(str(ref["url"]), dest_dir, self.storage.max_file_size, name=ref.get("name"),
                                  check_type=self.storage.validate_headers)
         return FetchedFile(got.path, got.size, got.sha256, got.content_type, got.url)
 
-    def _fetch_s3(self, ref: Mapping[str, Any], dest_dir: Path) -> FetchedFile:
-        raise InvalidInput("s3:// inputs need storage.backend = \"s3\" on this worker")
+    def _fetch_own_url(self, ref: Mapping[str, Any], dest_dir: Path) -> FetchedFile:
+        """An input URL of one of url_schemes; a backend that lists schemes reads them here."""
+        raise NotImplementedError(f"{type(self).__name__} lists url_schemes but cannot read them")
 
     def _fetch_local(self, ref: Mapping[str, Any], dest_dir: Path) -> FetchedFile:
         """A file under storage.root (what `geoworker submit FILE` and the API's uploads store)."""
@@ -136,10 +165,44 @@ class Backend(abc.ABC):
         """A time-limited download URL for an output reference, where the backend can make one."""
         return None
 
+    def output_file(self, job_id: str, name: str) -> Path | None:
+        """The local file of a job's output `name`, for a backend whose outputs the API serves itself; else None."""
+        return None
+
+    # --- inputs from this host: `geoworker submit FILE`, the API's signed uploads ----------
+
     def import_file(self, job_id: str, path: str | os.PathLike) -> dict[str, Any]:
         """Copy a local file in as a job's input (`geoworker submit FILE`); returns the input reference."""
-        raise UnsupportedOperation(f"storage.backend = {self.name!r} cannot take a local file as input; "
-                                   "its inputs come from the platform's signed URLs")
+        raise UnsupportedOperation(f"storage.backend = {self.name!r} cannot take a local file as input: "
+                                   f"{self.refuses_local_inputs or 'it does not store inputs'}")
+
+    def receive_input(self, job_id: str, name: str, chunks: Iterable[bytes] | Iterator[bytes], *,
+                      max_size: int | None = None, content_type: str | None = None) -> dict[str, Any]:
+        """Store a stream as the job's input (the API's signed uploads); returns the input reference.
+
+        This default writes a private temporary copy (storage.temp_dir, mode 0700) and hands
+        it to import_file; a backend that can write the stream where it keeps inputs overrides it.
+
+        Args:
+            job_id: the job it belongs to.
+            name: the user's file name (sanitised here).
+            chunks: the bytes; stopped with TooLarge past max_size (default max_file_size).
+            content_type: the declared type, kept in the reference and checked at fetch.
+        """
+        limit = min(max_size or sys.maxsize, self.storage.max_file_size)
+        workdir = create_workdir(self.storage.temp_dir, job_id)
+        try:
+            path = workdir / safe_filename(name)
+            write_capped(chunks, path, limit)
+            ref = self.import_file(job_id, path)
+        finally:
+            remove_workdir(workdir)
+        if content_type:
+            ref["content_type"] = content_type
+        return ref
+
+    def discard_input(self, ref: Mapping[str, Any]) -> None:
+        """Remove an input stored by receive_input whose job went away meanwhile; default: leave it."""
 
 
 def local_input_path(root: str | os.PathLike, raw: Any) -> Path:

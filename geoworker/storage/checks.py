@@ -57,6 +57,8 @@ def check_size(path: Path, max_size: int) -> int:
 
 def check_magic(path: Path) -> None:
     """Refuse a file that does not start with a TIFF or BigTIFF signature (the message names what it is)."""
+    # here, not at the top: geoworker.processing pulls in rasterio and numpy, and config
+    # imports this module (through storage.registry) in every process
     from geoworker.processing.validate import check_magic as tiff_signature
 
     tiff_signature(path)

@@ -20,11 +20,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from loguru import logger
 
-from geoworker.config import strip_url_secrets
+from geoworker.masking import strip_url_secrets
 from geoworker.errors import PermanentStorageError
 from geoworker.storage.base import Backend, input_reference
+from geoworker.storage.content_types import content_type_for
 from geoworker.storage.names import LEGACY_OUTPUT_KINDS
-from geoworker.storage.s3 import content_type_for
 
 
 def without_query(url: str) -> str:
@@ -34,6 +34,7 @@ def without_query(url: str) -> str:
 
 class HttpBackend(Backend):
     name = "http"
+    refuses_local_inputs = "its inputs come from the platform's signed URLs"
 
     def store_outputs(self, job, files: Mapping[str, Path]) -> dict[str, str]:
         targets = input_reference(job).get("outputs")

@@ -7,6 +7,7 @@ a reader would take it for a finished one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -15,13 +16,17 @@ from typing import Any, Iterable, Mapping
 from loguru import logger
 
 from geoworker.errors import InvalidInput, InvalidState
-from geoworker.storage.base import Backend, output_names
+from geoworker.storage.base import Backend, local_input_path, output_names
 from geoworker.storage.names import checked_job_id, safe_filename
 from geoworker.storage.stream import file_chunks, too_large, write_capped
 
 
 class LocalBackend(Backend):
     name = "local"
+
+    @classmethod
+    def local_directories(cls, settings) -> dict[str, str]:
+        return {"storage.root": settings.storage.root}
 
     @property
     def root(self) -> Path:
@@ -32,6 +37,17 @@ class LocalBackend(Backend):
         path = self.root / "jobs" / checked_job_id(job_id) / part
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def output_file(self, job_id: str, name: str) -> Path | None:
+        """<root>/jobs/<job id>/output/<name> if it is a file; None for a malformed id or name."""
+        try:
+            job_dir = checked_job_id(job_id)
+        except ValueError:
+            return None
+        if not name or safe_filename(name, default="") != name:
+            return None
+        path = self.root / "jobs" / job_dir / "output" / name
+        return path if path.is_file() else None
 
     def receive_input(self, job_id: str, name: str, chunks: Iterable[bytes], *, max_size: int | None = None,
                       content_type: str | None = None) -> dict[str, Any]:
@@ -57,6 +73,11 @@ class LocalBackend(Backend):
             ref["content_type"] = content_type
         logger.info("stored input {} ({} bytes) for job {}", safe, size, job_id)
         return ref
+
+    def discard_input(self, ref: Mapping[str, Any]) -> None:
+        # only a file under the root: the reference came from receive_input, but it is data
+        with contextlib.suppress(OSError, InvalidInput):
+            os.unlink(local_input_path(self.root, ref.get("path")))
 
     def import_file(self, job_id: str, path: str | os.PathLike) -> dict[str, Any]:
         path = Path(path)

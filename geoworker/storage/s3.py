@@ -4,16 +4,18 @@ Keys: `<prefix>/jobs/<job id>/input/<name>` and `<prefix>/jobs/<job id>/output/<
 Inputs `s3://bucket/key` are read only from the configured bucket: the worker's
 credentials must not let a job read whatever else they can see. Uploads go through
 boto3's managed transfer (multipart above MULTIPART_THRESHOLD); downloads stream with
-the size cap. Credentials come from storage.access_key_id / secret_access_key when set,
-else from boto3's standard chain (AWS_ACCESS_KEY_ID, ~/.aws, instance roles).
+the size cap. Its settings are the [storage.s3] table (S3Settings). Credentials come from
+storage.s3.access_key_id / secret_access_key when set, else from boto3's standard chain
+(AWS_ACCESS_KEY_ID, ~/.aws, instance roles). boto3 is imported when a backend is opened:
+config imports this module (through storage.registry) for S3Settings.
 """
 
 from __future__ import annotations
 
-import mimetypes
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Mapping
 from urllib.parse import unquote, urlsplit
 
 from loguru import logger
@@ -21,9 +23,12 @@ from loguru import logger
 from geoworker.errors import ConfigError, InvalidInput, PermanentStorageError, StorageError
 from geoworker.storage.base import Backend, FetchedFile, output_names
 from geoworker.storage.checks import check_content_type
+from geoworker.storage.content_types import content_type_for
 from geoworker.storage.names import checked_job_id, safe_filename
-from geoworker.storage.stream import CHUNK, too_large, write_capped
-from geoworker.storage.urls import TransferPolicy
+from geoworker.storage.stream import CHUNK, sha256_file, too_large, write_capped
+
+if TYPE_CHECKING:
+    from geoworker.storage.urls import TransferPolicy
 
 MULTIPART_THRESHOLD = 64 << 20
 MULTIPART_CHUNKSIZE = 16 << 20
@@ -39,26 +44,44 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return u.netloc, key
 
 
-def content_type_for(path: Path) -> str:
-    extra = {".pgw": "text/plain", ".jgw": "text/plain", ".wpw": "text/plain", ".prj": "text/plain",
-             ".xml": "application/xml", ".json": "application/json", ".tif": "image/tiff", ".tiff": "image/tiff"}
-    return extra.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+@dataclass(frozen=True)
+class S3Settings:
+    """[storage.s3]: the bucket and how to reach it."""
+
+    endpoint_url: str = ""  # empty: AWS itself
+    bucket: str = ""
+    prefix: str = ""
+    region: str = ""
+    access_key_id: str = field(default="", metadata={"secret": True})
+    secret_access_key: str = field(default="", metadata={"secret": True})
+    # these sat in [storage] itself (GEOWORKER_STORAGE_BUCKET, ...) before [storage.s3] existed;
+    # config still reads them there, with a warning naming the new spelling
+    DEPRECATED_FLAT_KEYS: ClassVar[tuple[str, ...]] = (
+        "endpoint_url", "bucket", "prefix", "region", "access_key_id", "secret_access_key")
 
 
 class S3Backend(Backend):
     name = "s3"
+    url_schemes = ("s3",)
+
+    @classmethod
+    def check_input_url(cls, settings, url: str) -> None:
+        bucket, _key = parse_s3_url(url)
+        configured = settings.storage.s3.bucket
+        if bucket != configured:
+            raise InvalidInput(f"s3 inputs must be in the configured bucket {configured!r}, not {bucket!r}")
 
     def __init__(self, settings, *, transfer: TransferPolicy | None = None,
                  unsafe_allow_endpoints: Iterable[tuple[str, int]] = (),
                  multipart_threshold: int = MULTIPART_THRESHOLD, multipart_chunksize: int = MULTIPART_CHUNKSIZE):
         super().__init__(settings, transfer=transfer, unsafe_allow_endpoints=unsafe_allow_endpoints)
-        if not self.storage.bucket:
-            raise ConfigError("storage.bucket: required when storage.backend = \"s3\"")
+        s = self.s3 = settings.storage.s3
+        if not s.bucket:
+            raise ConfigError("storage.s3.bucket: required when storage.backend = \"s3\"")
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
-        s = self.storage
         session = boto3.session.Session(aws_access_key_id=s.access_key_id or None,
                                         aws_secret_access_key=s.secret_access_key or None,
                                         region_name=s.region or None)
@@ -77,7 +100,7 @@ class S3Backend(Backend):
         self.client.close()
 
     def key(self, job_id: str, part: str, name: str) -> str:
-        prefix = self.storage.prefix.strip("/")
+        prefix = self.s3.prefix.strip("/")
         return "/".join(p for p in (prefix, "jobs", checked_job_id(job_id), part, safe_filename(name)) if p)
 
     def url(self, key: str) -> str:
@@ -85,10 +108,9 @@ class S3Backend(Backend):
 
     # --- inputs ----------------------------------------------------------------------
 
-    def _fetch_s3(self, ref: Mapping[str, Any], dest_dir: Path) -> FetchedFile:
+    def _fetch_own_url(self, ref: Mapping[str, Any], dest_dir: Path) -> FetchedFile:
+        self.check_input_url(self.settings, str(ref["url"]))
         bucket, key = parse_s3_url(str(ref["url"]))
-        if bucket != self.bucket:
-            raise InvalidInput(f"s3 inputs must be in the configured bucket {self.bucket!r}, not {bucket!r}")
         source = f"s3://{bucket}/{key}"
         try:
             obj = self.client.get_object(Bucket=bucket, Key=key)
@@ -136,8 +158,6 @@ class S3Backend(Backend):
         size = path.stat().st_size
         if size > self.storage.max_file_size:
             raise too_large(self.storage.max_file_size, size)
-        from geoworker.storage.stream import sha256_file
-
         digest = sha256_file(path)
         key = self.key(job_id, "input", path.name)
         self._upload(path, key)
@@ -167,6 +187,10 @@ class S3Backend(Backend):
         return stored
 
     def presign(self, reference: str) -> str | None:
-        bucket, key = parse_s3_url(reference)
+        """A GET URL for an s3:// output reference (None for any other kind of reference)."""
+        try:
+            bucket, key = parse_s3_url(reference)
+        except InvalidInput:
+            return None
         return self.client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
                                                   ExpiresIn=self.storage.presign_expiry)

@@ -17,7 +17,7 @@ The rules, each with a test in tests/test_storage_urls.py:
 - The platform's own origin (scheme, host and port of `api.base_url`) is trusted as the
   operator configured it: the signed URLs it issues may point at a private address.
 - A URL's query string (where signatures live) never reaches a log line or an error
-  message: everything printed goes through `geoworker.config.strip_url_secrets`.
+  message: everything printed goes through `geoworker.masking.strip_url_secrets`.
 
 Transfers use connect and read timeouts, retry with exponential backoff on connection
 errors, timeouts and 5xx answers, and never retry a 4xx in-process (408 and 429 become a
@@ -51,7 +51,7 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError as Urllib3Error, N
 from urllib3.util.connection import create_connection
 
 from geoworker.backoff import equal_jitter, exponential
-from geoworker.config import strip_url_secrets
+from geoworker.masking import strip_url_secrets
 from geoworker.errors import InvalidInput, PermanentStorageError, StorageError
 from geoworker.storage.checks import check_content_type
 from geoworker.storage.names import safe_filename
