@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import sys
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
@@ -79,6 +80,28 @@ def _storage_backend(value: str) -> str | None:
     return None if value in known else f"must be one of {', '.join(known)}"
 
 
+def _between(lo: float, hi: float, unit: str = ""):
+    """A number in [lo, hi]: the upper bounds keep values a typo makes absurd (1e14 seconds) from
+    overflowing a timestamp, a sleep or a select() later, deep inside a running service."""
+
+    def check(value: float) -> str | None:
+        return None if lo <= value <= hi else f"must be between {lo:g} and {hi:g}{unit}"
+
+    return check
+
+
+def _upto(low, hi: float, unit: str = ""):
+    """The lower rule `low` (its own message), then at most `hi` (see _between)."""
+
+    def check(value: float) -> str | None:
+        return low(value) or (None if value <= hi else f"must be at most {hi:g}{unit}")
+
+    return check
+
+
+DAY = 86400.0
+
+
 def _port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "must be a port number between 0 and 65535"
 
@@ -94,24 +117,24 @@ def _opt(check=None, secret: bool = False, path: bool = False, default_factory=N
 @dataclass(frozen=True)
 class WorkerSettings:
     name: str = "geoprocessing-worker"
-    concurrency: int = _opt(_at_least_one, default=1)
-    poll_interval: float = _opt(_positive, default=5.0)
-    heartbeat_interval: float = _opt(_positive, default=30.0)
+    concurrency: int = _opt(_upto(_at_least_one, 1024), default=1)
+    poll_interval: float = _opt(_upto(_positive, 3600, " seconds"), default=5.0)
+    heartbeat_interval: float = _opt(_upto(_positive, 3600, " seconds"), default=30.0)
     # 0 means "3 x heartbeat_interval", resolved in load_settings
-    stale_after: float = _opt(_non_negative, default=0.0)
-    max_processing_time: float = _opt(_positive, default=3600.0)
-    max_child_rss_mb: int = _opt(_positive, default=2048)
-    max_jobs_per_child: int = _opt(_at_least_one, default=100)
-    graceful_timeout: float = _opt(_non_negative, default=60.0)
-    report_interval: float = _opt(_positive, default=60.0)
+    stale_after: float = _opt(_upto(_non_negative, DAY, " seconds"), default=0.0)
+    max_processing_time: float = _opt(_upto(_positive, 30 * DAY, " seconds"), default=3600.0)
+    max_child_rss_mb: int = _opt(_upto(_positive, 1 << 24, " MiB"), default=2048)
+    max_jobs_per_child: int = _opt(_upto(_at_least_one, 1e9), default=100)
+    graceful_timeout: float = _opt(_upto(_non_negative, DAY, " seconds"), default=60.0)
+    report_interval: float = _opt(_upto(_positive, DAY, " seconds"), default=60.0)
     debug_tasks: bool = False
 
 
 @dataclass(frozen=True)
 class RetrySettings:
-    max_attempts: int = _opt(_at_least_one, default=5)
-    backoff_base: float = _opt(_non_negative, default=10.0)
-    backoff_max: float = _opt(_non_negative, default=3600.0)
+    max_attempts: int = _opt(_upto(_at_least_one, 1000), default=5)
+    backoff_base: float = _opt(_upto(_non_negative, DAY, " seconds"), default=10.0)
+    backoff_max: float = _opt(_upto(_non_negative, 30 * DAY, " seconds"), default=3600.0)
 
 
 @dataclass(frozen=True)
@@ -128,7 +151,7 @@ class DatabaseSettings:
     listen: bool = True
     prepared_statements: bool = True
     embedded_dir: str = _opt(path=True, default="var/postgres")
-    connect_timeout: float = _opt(_positive, default=10.0)
+    connect_timeout: float = _opt(_upto(_positive, 3600, " seconds"), default=10.0)
 
 
 def _default_backend_tables() -> Mapping[str, Any]:
@@ -140,12 +163,12 @@ class StorageSettings:
     backend: str = _opt(_storage_backend, default="local")
     root: str = _opt(path=True, default="var/storage")
     temp_dir: str = _opt(path=True, default="var/tmp")
-    max_file_size: int = _opt(_positive, default=104857600)
+    max_file_size: int = _opt(_upto(_positive, 1 << 50, " bytes"), default=104857600)
     allowed_hosts: tuple[str, ...] = ()
     allow_http: bool = False
     validate_headers: bool = True
     scan_command: str = ""
-    presign_expiry: int = _opt(_positive, default=3600)
+    presign_expiry: int = _opt(_upto(_positive, 7 * DAY, " seconds (S3 allows a week at most)"), default=3600)
     # each backend's own [storage.<name>] table by backend name, for those that have one
     tables: Mapping[str, Any] = field(default_factory=_default_backend_tables, hash=False,
                                       metadata={"tables": True})
@@ -160,15 +183,16 @@ class StorageSettings:
 
 @dataclass(frozen=True)
 class ProcessingSettings:
-    max_image_size: int = _opt(_positive, default=4096)
-    thumbnail_size: int = _opt(_non_negative, default=256)
+    max_image_size: int = _opt(_between(16, 16384, " pixels"), default=4096)
+    thumbnail_size: int = _opt(_between(0, 4096, " pixels"), default=256)
     generate_thumbnails: bool = True
     compression_quality: int = _opt(lambda v: None if 1 <= v <= 100 else "must be between 1 and 100", default=85)
     coordinate_system: str = "EPSG:4326"
     stretch: str = _opt(_one_of("auto", "none", "minmax", "percentile"), default="auto")
     percentiles: tuple[float, ...] = _opt(_percentiles, default=(2.0, 98.0))
+    # what a decimated read accepts (processing.options.READ_RESAMPLINGS; a test keeps them equal)
     resampling: str = _opt(
-        _one_of("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "max", "min", "med", "q1", "q3", "rms"),
+        _one_of("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "gauss", "rms"),
         default="average",
     )
 
@@ -178,7 +202,7 @@ class LoggingSettings:
     level: str = _opt(_log_level, default="INFO")
     file: str = _opt(path=True, default="var/log/worker.log")
     rotation: str = "50 MB"
-    retention: int = _opt(_at_least_one, default=10)
+    retention: int = _opt(_upto(_at_least_one, 10000), default=10)
     json: bool = False
 
 
@@ -196,7 +220,7 @@ class ApiSettings:
     signing_secret: str = _opt(secret=True, default="")
     host: str = "127.0.0.1"
     port: int = _opt(_port, default=5000)
-    max_body_bytes: int = _opt(_positive, default=1048576)
+    max_body_bytes: int = _opt(_upto(_positive, 1 << 30, " bytes"), default=1048576)
 
 
 SECTIONS: dict[str, type] = {
@@ -344,6 +368,9 @@ def load_settings(
             values[section][key] = (env[name], name)
     _apply_generic_env(env, values, tables, warnings)
     _apply_special_env(env, values)
+    raw_dsn, dsn_source = values["database"].get("dsn", ("", ""))
+    if isinstance(raw_dsn, str) and raw_dsn:
+        check_dsn(raw_dsn, dsn_source)
 
     built = {}
     for section, cls in SECTIONS.items():
@@ -357,6 +384,7 @@ def load_settings(
                         warnings=tuple(warnings))
     settings = _resolve_derived(settings)
     _validate_cross(settings)
+    _validate_processing(settings)
     return settings
 
 
@@ -381,6 +409,9 @@ def _read_toml(path: Path, tables: Mapping[str, type]) -> dict[str, dict[str, An
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path.name}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path.name}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "save it as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     for section, table in data.items():
@@ -441,7 +472,8 @@ def _apply_generic_env(env: Mapping[str, str], values: dict[str, dict[str, Any]]
         rest = name[len("GEOWORKER_"):].lower()
         section, _, key = rest.partition("_")
         if section not in SECTIONS:
-            continue  # GEOWORKER_TEST_DATABASE_URL and friends are not config
+            _unknown_section(name, section, key, tables, warnings)
+            continue
         table = next((t for t in tables if t.startswith(section + ".") and
                       key.startswith(t.partition(".")[2] + "_")), None)
         if table is not None:
@@ -458,6 +490,26 @@ def _apply_generic_env(env: Mapping[str, str], values: dict[str, dict[str, Any]]
             raise ConfigError(f"{name}: unknown key {section}.{key}")
     for target, key, value, name in deprecated + current:  # the new spelling wins over the old
         values[target][key] = (value, name)
+
+
+NOT_SETTINGS = ("GEOWORKER_TEST_", "GEOWORKER_BENCH_")  # the test suite's and benchmarks' own variables
+
+
+def _unknown_section(name: str, section: str, key: str, tables: Mapping[str, type], warnings: list[str]) -> None:
+    """GEOWORKER_<SECTION>_... with no such section: refuse a near miss of a real setting, warn of the rest."""
+    if name.startswith(NOT_SETTINGS):
+        return
+    import difflib  # here: only for a variable that is wrong
+
+    close = difflib.get_close_matches(section, list(SECTIONS), n=1, cutoff=0.7)
+    if close:
+        keys = [f.name for f in _plain_fields(SECTIONS[close[0]])]
+        if key in keys or difflib.get_close_matches(key, keys, n=1, cutoff=0.8):
+            meant = key if key in keys else difflib.get_close_matches(key, keys, n=1, cutoff=0.8)[0]
+            raise ConfigError(f"{name}: there is no section [{section}]; did you mean "
+                              f"GEOWORKER_{close[0].upper()}_{meant.upper()}?")
+    warnings.append(f"{name} is not a geoworker setting (there is no section [{section}]; "
+                    f"known: {', '.join(SECTIONS)}); it is ignored")
 
 
 def _apply_special_env(env: Mapping[str, str], values: dict[str, dict[str, Any]]) -> None:
@@ -489,7 +541,40 @@ def _merge_dsn(dsn: str, pieces: Mapping[str, str]) -> str:
     try:
         return make_dsn(dsn or None, **pieces)
     except Exception as exc:  # psycopg2.ProgrammingError on a malformed DSN
-        raise ConfigError(f"database.dsn: cannot be parsed: {str(exc).strip()}") from None
+        raise ConfigError(f"database.dsn: cannot be parsed: {_dsn_problem(exc, dsn)}") from None
+
+
+def check_dsn(dsn: str, source: str) -> None:
+    """A DSN that cannot be parsed is a configuration error, found at load time and said in one line
+    without its password: it is not an outage to wait out.
+
+    Raises:
+        ConfigError: it does not parse, or a port is not a number between 1 and 65535.
+    """
+    from psycopg2.extensions import parse_dsn  # here: a worker with queue.mode = "http" needs no driver
+
+    where = f"database.dsn (from {source})" if source and not source.endswith(".toml") else "database.dsn"
+    try:
+        parts = parse_dsn(dsn)
+    except Exception as exc:
+        shown = mask_dsn(dsn)  # "********" when even that cannot parse it
+        raise ConfigError(f"{where}: cannot be parsed: {_dsn_problem(exc, dsn)}"
+                          + (f" ({shown})" if shown != MASK else "")) from None
+    for port in str(parts.get("port", "")).split(","):
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(f"{where}: the port must be a number between 1 and 65535, got {port!r} "
+                              f"({mask_dsn(dsn)})")
+
+
+def _dsn_problem(exc: Exception, dsn: str) -> str:
+    """libpq's complaint, without the DSN it quotes (which may hold the password)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = text.removeprefix("invalid dsn: ")
+    text = re.sub(r'\s*in URI: ".*"$', "", text)
+    secrets = re.findall(r"://[^:/@]*:([^@]+)@", dsn) + re.findall(r"password\s*=\s*'?([^'\s]+)", dsn)
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    return text
 
 
 def _build_section(section: str, cls: type, values: Mapping[str, tuple[Any, str]], base: Path, **extra: Any):
@@ -570,6 +655,23 @@ def _resolve_derived(settings: Settings) -> Settings:
     if worker.stale_after == 0:
         worker = dataclasses.replace(worker, stale_after=3 * worker.heartbeat_interval)
     return dataclasses.replace(settings, worker=worker)
+
+
+def _validate_processing(settings: Settings) -> None:
+    """[processing] through the pipeline's own rules, so that a value only a job would trip over
+    (coordinate_system = "EPSG:notanumber") stops start-up instead. The defaults are known good, and
+    the check needs rasterio (0.4 s), so it runs only when the section differs from them."""
+    if settings.processing == ProcessingSettings():
+        return
+    from geoworker.errors import BadParams
+    from geoworker.tasks.raster import options_for  # rasterio: see the docstring
+
+    try:
+        options_for(settings, {})
+    except BadParams as exc:
+        name, _, problem = str(exc).partition(" ")
+        key = {"max_size": "max_image_size"}.get(name, name)
+        raise ConfigError(f"processing.{key}: {problem}") from None
 
 
 def _validate_cross(settings: Settings) -> None:

@@ -32,7 +32,7 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
-from geoworker.errors import ConfigError, DatabaseUnavailable, first_line
+from geoworker.errors import ConfigError, DatabaseUnavailable, DataRejected, first_line
 
 LISTEN_CHANNEL = "geoworker_jobs"
 CANCEL_CHANNEL = "geoworker_cancel"
@@ -53,6 +53,10 @@ def wrap_errors(what: str = "database") -> Iterator[None]:
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
         # (QueryCanceled, raised when statement_timeout fires, is an OperationalError too)
         raise DatabaseUnavailable(f"{what}: {first_line(exc)}") from exc
+    except psycopg2.DataError as exc:
+        # SQLSTATE class 22: a value the database cannot take (out of range, NUL, overflow).
+        # Retrying cannot help, so it must never look like an outage.
+        raise DataRejected(f"{what}: the database refused a value: {first_line(exc)}") from exc
 
 
 class ClientTimeout(psycopg2.OperationalError):

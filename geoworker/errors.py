@@ -103,6 +103,10 @@ class DatabaseUnavailable(TransientError):
 # --- operator and user mistakes, never job outcomes --------------------------------
 
 
+class DataRejected(GeoworkerError):
+    """The database refused a value (SQLSTATE class 22: out of range, a NUL character, an overflow)."""
+
+
 class ConfigError(GeoworkerError):
     """The configuration is invalid."""
 

@@ -295,7 +295,9 @@ class JobQueue:
         rows = self._run("fail_attempt", {
             "id": job_id, "worker": holder, "actor": self.worker_id, "code": code,
             "message": " ".join(str(message).split())[:2000], "permanent": bool(permanent),
-            "delay": round(max(min_delay, self.retry.delay(attempts)), 3), "reason": reason}, cursor=cursor)
+            # no retry, no delay: a failure for good must not depend on a backoff it will never wait
+            "delay": 0.0 if permanent else round(max(min_delay, self.retry.delay(attempts)), 3),
+            "reason": reason}, cursor=cursor)
         if not rows:
             self._refuse(job_id, "fail", holder=holder, cursor=cursor)
         return Job.from_row(rows[0])

@@ -29,8 +29,9 @@ def mask_dsn(dsn: str) -> str:
         # keep the URL shape operators wrote
         u = up.urlsplit(dsn)
         netloc = u.netloc
-        if u.password:
-            netloc = f"{u.username}:{MASK}@{u.hostname}" + (f":{u.port}" if u.port else "")
+        userinfo, at, hostport = netloc.rpartition("@")
+        if at and ":" in userinfo:  # by hand: urlsplit's .port raises on a port that is not a number
+            netloc = f"{userinfo.partition(':')[0]}:{MASK}@{hostport}"
         # a password may also sit in the query string (?password=...)
         query = up.urlencode([(k, MASK if k.lower() == "password" else v)
                               for k, v in up.parse_qsl(u.query, keep_blank_values=True)], safe="/*")

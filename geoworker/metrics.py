@@ -128,6 +128,10 @@ class SupervisorMetrics:
         if handler is not None:
             handler(**data)
 
+    def _on_starting(self, **_: Any) -> None:
+        self.last_tick = time.monotonic()
+        self.apply_settings()
+
     def _on_started(self, **_: Any) -> None:
         self.last_tick = time.monotonic()
         self.apply_settings()
@@ -206,16 +210,16 @@ class SupervisorMetrics:
             self.child_rss.labels(str(child.pid)).set(child.rss)
         self.pool_rss.set(sum(c.rss for c in children))
         self.rss_limit.set(sup.settings.worker.max_child_rss_mb * 1024 * 1024)
-        self.pending.set(len(sup.pending))
+        self.pending.set(len(sup.settler.pending))
         self.loop_age.set(round(time.monotonic() - self.last_tick, 3))
         self._refresh_queue()
-        self.db_up.set(1 if sup.db_ok else 0)
+        self.db_up.set(1 if sup.breaker.ok else 0)
 
     def _refresh_queue(self) -> None:
         sup = self.supervisor
         now = time.monotonic()
         # only on a database that answers: a connect to a lost host could hold the loop for connect_timeout
-        if sup.queue is None or not sup.db_ok or now < self._queue_due:
+        if sup.queue is None or not sup.breaker.ok or now < self._queue_due:
             return
         self._queue_due = now + QUEUE_REFRESH
         summary = sup.breaker.call(sup.queue.summary)
@@ -223,7 +227,7 @@ class SupervisorMetrics:
             for state in ("ready", "scheduled", "running"):
                 self.queue_depth.labels(state).set(summary[state])
             self.oldest_ready.set(summary["oldest_ready_age"])
-        if sup.db_ok and now >= self._status_due:
+        if sup.breaker.ok and now >= self._status_due:
             self._status_due = now + STATUS_REFRESH
             counts = sup.breaker.call(sup.queue.count_by_status)
             for status, n in (counts or {}).items():
@@ -231,11 +235,13 @@ class SupervisorMetrics:
 
     def health(self) -> tuple[bool, list[str]]:
         """Healthy while the loop turns and the database answers; else the reasons."""
+        if self.supervisor.starting:
+            return False, [f"starting: {self.supervisor.starting}"]
         problems = []
         age = time.monotonic() - self.last_tick
         if age > LOOP_STALE_AFTER:
             problems.append(f"supervisor loop stalled (last turn {age:.0f} s ago)")
-        if not self.supervisor.db_ok:
+        if not self.supervisor.breaker.ok:
             http = self.supervisor.settings.queue.mode == "http"
             problems.append("API unreachable (queue.mode = http)" if http else "database unreachable")
         return not problems, problems

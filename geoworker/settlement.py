@@ -26,7 +26,7 @@ from typing import Callable
 from loguru import logger
 
 from geoworker.breaker import Breaker
-from geoworker.errors import DatabaseUnavailable, JobNotFound, LockLost
+from geoworker.errors import DatabaseUnavailable, DataRejected, JobNotFound, LockLost
 from geoworker.queue import Queue
 from geoworker.watchdog import KILL_GRACE, RunningJob
 
@@ -89,6 +89,19 @@ class Settler:
             if not self._write(outcome):
                 self.pending.append(outcome)
 
+    def _fail_for_good(self, queue: Queue, o: Outcome, exc: Exception) -> bool:
+        """A value the database refuses will be refused again: say so once and fail the job, never loop."""
+        logger.error(f"job {o.job_id}: the database refused its outcome ({exc}); failing it as internal_error")
+        try:
+            queue.end_attempt(o.job_id, o.attempts, holder=o.holder, code="internal_error",
+                              message=f"the outcome could not be recorded: {exc}", permanent=True, reason=o.reason)
+        except (LockLost, JobNotFound, DataRejected) as again:
+            logger.error(f"job {o.job_id}: could not be failed either ({again}); left to the stale-job rescuer")
+        except DatabaseUnavailable as down:
+            self.breaker.down(down)
+            return False
+        return True
+
     def _write(self, o: Outcome) -> bool:
         """True when written (or moot); False to try again later."""
         if self.breaker.paused():
@@ -108,6 +121,8 @@ class Settler:
         except (LockLost, JobNotFound) as exc:
             logger.info(f"job {o.job_id}: nothing to settle ({exc})")
             return True
+        except DataRejected as exc:
+            return self._fail_for_good(queue, o, exc)
         except DatabaseUnavailable as exc:
             self.breaker.down(exc)
             return False

@@ -78,6 +78,7 @@ class Supervisor:
         self.clock = clock
         self.signals: list[int] = []
         self.timers = Timers()
+        self.starting: str | None = "starting"  # why it is not serving yet (/healthz says so), or None
         self.stopping = False
         self.stop_deadline = 0.0
         self.exit_code: int | None = None
@@ -96,14 +97,6 @@ class Supervisor:
     @property
     def children(self) -> dict[int, ChildHandle]:
         return self.pool.children
-
-    @property
-    def db_ok(self) -> bool:
-        return self.breaker.ok
-
-    @property
-    def pending(self) -> list[settlement.Outcome]:
-        return self.settler.pending
 
     # --- start and stop ---------------------------------------------------------------------
 
@@ -124,6 +117,7 @@ class Supervisor:
 
     def start(self) -> None:
         self.install_signals()
+        self.emit("starting")  # /healthz answers from now on: 503 with the reason until the queue is ready
         db.install_client_timeout(DB_CLIENT_TIMEOUT)
         remote = self.settings.queue.mode == "http"
         # http mode never resolves the DSN: no embedded server starts, nothing touches the database
@@ -149,11 +143,16 @@ class Supervisor:
                 if self.settings.database.listen:
                     self.queue.listen(db.CANCEL_CHANNEL)
                 self.breaker.up()
+                self.starting = None
                 return
             except DatabaseUnavailable as exc:
                 delay = backoff.next_delay()
+                self.starting = f"waiting for the database ({exc})"
                 logger.error(f"database unavailable at start, retrying in {delay:.0f} s: {exc}")
-                sleep_unless_stopped(self._wake_r, self.signals, delay)
+                deadline = self.clock() + delay
+                while (left := deadline - self.clock()) > 0 and not any(s in STOP_SIGNALS for s in self.signals):
+                    self.wait_for_events(min(left, TICK))  # signals and /healthz are served meanwhile
+                    self.emit("tick")
                 if any(s in STOP_SIGNALS for s in self.signals):
                     raise SystemExit(0)
 
@@ -339,7 +338,7 @@ class Supervisor:
         if summary is None:
             return
         busy = any(c.state == "busy" for c in self.children.values())
-        if summary["ready"] + summary["scheduled"] + summary["running"] == 0 and not busy and not self.pending:
+        if summary["ready"] + summary["scheduled"] + summary["running"] == 0 and not busy and not self.settler.pending:
             logger.info("drained: no queued or running job is left")
             self.begin_stop()
 
@@ -349,10 +348,10 @@ class Supervisor:
         """After begin_stop: wait for children; past the deadline, release their jobs and kill them."""
         if not self.children:
             self.settler.retry_pending()
-            if self.pending and self.clock() < self.stop_deadline + PENDING_AT_EXIT:
+            if self.settler.pending and self.clock() < self.stop_deadline + PENDING_AT_EXIT:
                 return  # the database may be back in a moment; what is left is rescued later anyway
-            if self.pending:
-                logger.warning(f"exiting with {len(self.pending)} job outcome(s) unwritten; those jobs "
+            if self.settler.pending:
+                logger.warning(f"exiting with {len(self.settler.pending)} job outcome(s) unwritten; those jobs "
                                "will be rescued by any supervisor after worker.stale_after")
             self.exit_code = 0
             return
@@ -362,19 +361,6 @@ class Supervisor:
             if child.watch.kill is None:
                 self.pool.kill_child(child, "shutdown", None, "the service stopped before the job finished",
                                 release=True)
-
-
-def sleep_unless_stopped(wake_fd: int, signals: list[int], seconds: float) -> None:
-    """Sleep, but return at once when a stop signal is recorded (the wake-up pipe says one came)."""
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            select.select([wake_fd], [], [], min(left, TICK))
-        except InterruptedError:
-            pass
-        drain(wake_fd)
-        if any(s in STOP_SIGNALS for s in signals):
-            return
 
 
 def reloaded_settings(old):

@@ -266,3 +266,68 @@ def test_cli_config_shows_the_table_masked_and_warns_on_stderr(tmp_path):
     as_json = json.loads(run_cli(["config", "--json"], env=env, cwd=tmp_path).stdout)
     assert as_json["storage"]["s3"]["bucket"] == "flat-bucket"
     assert as_json["storage"]["s3"]["secret_access_key"] == "********"
+
+
+@pytest.mark.parametrize("dsn,expected", [
+    ("postgresql://u:s3cr3t@[::1/db", r"database.dsn \(from DATABASE_URL\): cannot be parsed: end of string"),
+    ("postgresql://u:s3cr3t@host:notaport/db", r"the port must be a number between 1 and 65535, got 'notaport'"),
+    ("postgresql://u:s3cr3t@host:99999/db", r"got '99999'"),
+    ("postgresql://u:s3%cr3t@host/db", r"invalid percent-encoded token"),
+    ("host=db port=5432 password=s3cr3t dbname", r"cannot be parsed: missing \"=\" after \"dbname\""),
+])
+def test_a_dsn_that_cannot_work_is_refused_at_load_in_one_line_without_its_password(tmp_path, dsn, expected):
+    with pytest.raises(ConfigError, match=expected) as caught:
+        load_settings(environ={"DATABASE_URL": dsn}, base_dir=tmp_path)
+    assert "s3cr3t" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("command", [["config"], ["config", "--check"], ["migrate"], ["status", "x"], ["run"]])
+def test_every_command_refuses_a_broken_dsn_at_once(tmp_path, command):
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": "postgresql://u:s3cr3t@[::1/db"}
+    done = run_cli(command, env, cwd=tmp_path, timeout=30)
+    assert done.returncode != 0
+    assert "s3cr3t" not in done.stderr + done.stdout and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ("[retry]\nbackoff_base = 1e14\n", r"retry.backoff_base: must be at most 86400 seconds, got 100000000000000.0"),
+    ("[retry]\nbackoff_max = 1e14\n", r"retry.backoff_max: must be at most 2.592e\+06 seconds"),
+    ("[worker]\npoll_interval = 1e12\n", r"worker.poll_interval: must be at most 3600 seconds"),
+    ("[worker]\nmax_processing_time = 1e300\n", r"worker.max_processing_time: must be at most"),
+    ("[storage]\npresign_expiry = 9999999\n", r"storage.presign_expiry: must be at most 604800"),
+    ("[processing]\ncoordinate_system = \"EPSG:notanumber\"\n", r"processing.coordinate_system: must be \"native\" or a CRS"),
+    ("[processing]\nresampling = \"max\"\n", r"processing.resampling: must be one of"),
+    ("[processing]\nmax_image_size = 100000\n", r"processing.max_image_size: must be between 16 and 16384"),
+])
+def test_values_that_would_only_fail_inside_a_job_are_refused_at_load(tmp_path, text, pattern):
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(ConfigError, match=pattern):
+        load_settings(environ={}, base_dir=tmp_path)
+
+
+def test_config_resampling_choices_are_the_pipelines():
+    from geoworker.processing.options import READ_RESAMPLINGS
+
+    field = {f.name: f for f in dataclasses.fields(SECTIONS["processing"])}["resampling"]
+    check = field.metadata["check"]
+    assert [r for r in READ_RESAMPLINGS if check(r) is not None] == []
+    assert check("max") is not None, "warp-only resamplings are not readable choices"
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
+    (tmp_path / "config.toml").write_bytes(b"[worker]\nname = \"caf\xe9\"\n")
+    with pytest.raises(ConfigError, match=r"config.toml: not UTF-8 text \(byte 0xe9 at offset 20\)"):
+        load_settings(environ={}, base_dir=tmp_path)
+    done = run_cli(["config", "--check"], {"PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "not UTF-8" in done.stderr
+
+
+def test_a_misspelt_section_in_an_environment_variable_names_the_right_one(tmp_path):
+    with pytest.raises(ConfigError, match=r"GEOWORKER_WORKERS_CONCURRENCY: there is no section \[workers\]; "
+                                          r"did you mean GEOWORKER_WORKER_CONCURRENCY\?"):
+        load_settings(environ={"GEOWORKER_WORKERS_CONCURRENCY": "4"}, base_dir=tmp_path)
+    settings = load_settings(environ={"GEOWORKER_SOMETHING_ELSE": "1", "GEOWORKER_TEST_DATABASE_URL": "x"},
+                             base_dir=tmp_path)
+    assert [w for w in settings.warnings if "GEOWORKER_SOMETHING_ELSE is not a geoworker setting" in w]
+    assert not [w for w in settings.warnings if "GEOWORKER_TEST_" in w], "the test suite's own variables are not config"

@@ -236,3 +236,27 @@ def test_healthz_and_health_follow_the_database_down_and_back(start, cli_env, tm
         assert svc.wait(60) == 0
     finally:
         cluster.destroy()
+
+
+def test_healthz_says_starting_while_the_database_is_awaited_then_ok(start, cli_env, tmp_path):
+    """An orchestrator can tell "starting" (503 with the reason) from "dead" (no answer) at start-up."""
+    from geoworker import db as gwdb
+
+    cluster = PrivateCluster()
+    try:
+        conn = gwdb.connect(cluster.dsn)
+        gwdb.migrate(conn)
+        conn.close()
+        cluster.stop()
+        port = free_port()
+        svc = start(port, dsn=cluster.dsn)
+        wait_for(lambda: get(port, "/healthz")[0] == 503, 30, what="/healthz to answer while the database is down")
+        status, body = get(port, "/healthz")
+        assert body.startswith("unhealthy: starting: waiting for the database"), body
+        assert svc.proc.poll() is None and not svc.children(), "no child before the queue is ready"
+        cluster.start()
+        wait_for(lambda: get(port, "/healthz")[0] == 200, 60, what="/healthz 200 once the database answers")
+        svc.signal(signal.SIGTERM)
+        assert svc.wait(60) == 0
+    finally:
+        cluster.destroy()

@@ -232,6 +232,13 @@ def test_sighup_rereads_the_config_and_changes_concurrency(make_service, queue, 
     svc.signal(signal.SIGHUP)
     wait_for(lambda: "configuration not reloaded" in svc.log(), 10)
     assert svc.proc.poll() is None and len(svc.children()) == 3
+    # so is a file that is not UTF-8: one line saying why, never a loop error
+    svc.config_path.write_bytes(b"[worker]\nname = \"caf\xe9\"\n")
+    svc.signal(signal.SIGHUP)
+    wait_for(lambda: "not UTF-8 text" in svc.log(), 10)
+    assert "supervisor loop error" not in svc.log() and "Traceback" not in svc.log()
+    after = queue.enqueue("debug.noop", {})
+    wait_for(lambda: db.job(after.id)["status"] == "succeeded", 30, what="a job on the old configuration")
 
 
 def test_drain_exits_0_when_nothing_is_queued_or_running(make_service, queue, db):
