@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -25,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
-import numpy as np
 import rasterio
 import rasterio.shutil
 from rasterio.enums import ColorInterp
