@@ -650,10 +650,9 @@ def _cut(ctx: _Context, spool: _Spool) -> None:
             for tile in result.tiles:
                 spool.add(*tile)
             done += 1
+            counts = ", ".join(f"zoom {z}: {n}" for z, n in sorted(spool.per_zoom.items()))
             ctx.run.report(8 + int(84 * done / len(blocks)),
-                           f"zoom {p.maxzoom}" + (f" and {p.block_zoom}-{p.maxzoom - 1}" if p.block_zoom < p.maxzoom
-                                                   else "") + f": block {done} of {len(blocks)}, "
-                           f"{sum(spool.per_zoom.values())} tiles so far")
+                           f"block {done} of {len(blocks)} (zooms {p.minzoom}-{p.maxzoom}); tiles so far: {counts}")
             return result.top
 
         def build(z: int, x: int, y: int) -> np.ndarray | None:
