@@ -6,6 +6,7 @@ into place, so a process killed mid-write never leaves a half file under a final
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import struct
@@ -205,6 +206,25 @@ def png_bytes_segments(image: np.ndarray, threads: int = 0) -> list[bytes]:
     for _, part_adler, length in results:
         adler = _adler32_combine(adler, part_adler, length)
     return [b"\x78\x01"] + [data for data, _, _ in results] + [struct.pack(">I", adler)]
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A small 8-bit PNG (L, LA, RGB or RGBA) in memory, deflated on the calling thread (map tiles).
+
+    Args:
+        image: (h, w) or (h, w, c) uint8.
+    Returns:
+        the PNG file's bytes.
+    """
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    h, w = image.shape[:2]
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    out = io.BytesIO()
+    out.write(b"\x89PNG\r\n\x1a\n")
+    _chunk(out, b"IHDR", struct.pack(">IIBBBBB", w, h, 8, PNG_COLOR_TYPES[channels], 0, 0, 0))
+    _chunk(out, b"IDAT", b"".join(png_bytes_segments(image, threads=1)))
+    _chunk(out, b"IEND", b"")
+    return out.getvalue()
 
 
 def write_png(image: np.ndarray, path: Path) -> int:

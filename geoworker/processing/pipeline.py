@@ -33,7 +33,7 @@ READ_THREADS = min(4, os.cpu_count() or 1)
 
 
 @dataclass
-class _Run:
+class Run:
     """Bookkeeping of one call: stage timings, warnings, progress."""
 
     progress: Progress | None
@@ -60,7 +60,7 @@ class _Run:
 
 
 @dataclass
-class _Source:
+class Source:
     path: Path
     file_size: int
     header: validate.TiffHeader | None
@@ -80,7 +80,7 @@ def sanitise_stem(name: str) -> str:
     return stem or "output"
 
 
-def _open_source(src: Path, options: Options, run: _Run, stack: ExitStack) -> _Source:
+def open_source(src: Path, options: Options, run: Run, stack: ExitStack) -> Source:
     size = validate.check_file_size(src, options.max_file_size)
     header = None
     if options.validate_headers:
@@ -100,30 +100,39 @@ def _open_source(src: Path, options: Options, run: _Run, stack: ExitStack) -> _S
         run.warn(f"the TIFF holds {pages} images (pages); only the first was processed")
     geo, notes = metadata.read_georeference(ds)
     run.warn(*notes)
-    return _Source(src, size, header, ds, geo, pages)
+    return Source(src, size, header, ds, geo, pages)
 
 
-def _file_doc(source: _Source, sha256: str | None) -> dict:
+def file_doc(source: Source, sha256: str | None) -> dict:
     doc = {"name": source.path.name, "size": source.file_size, "sha256": sha256, "pages": source.pages}
     if source.header is not None:
         doc["bigtiff"] = source.header.bigtiff
     return doc
 
 
-def _summary_doc(source: _Source) -> dict:
+def summary_doc(source: Source) -> dict:
     doc = metadata.dataset_summary(source.ds, source.geo)
     if source.header is not None:  # GDAL does not say whether a one-block image is tiled; the header does
         doc["tiled"] = source.header.tiled
     return doc
 
 
-def _statistics(data: np.ndarray, valid: np.ndarray | None, indexes, percentiles) -> list[render.BandStats]:
+def statistics(data: np.ndarray, valid: np.ndarray | None, indexes, percentiles) -> list[render.BandStats]:
+    """Args: data: (n, h, w) read bands; valid: validity or None. Returns: each band's statistics."""
     return [render.band_statistics(data[k], valid, percentiles) for k in range(len(indexes))]
 
 
-def _render_bands(data: np.ndarray, valid: np.ndarray | None, plan: read.BandPlan, stats, options: Options,
-                  ds: rasterio.DatasetReader, run: _Run) -> tuple[np.ndarray, np.ndarray | None, list]:
-    """Stretch/colour the read bands: returns (c, h, w) uint8 without alpha, validity, stretch ranges."""
+def render_bands(data: np.ndarray, valid: np.ndarray | None, plan: read.BandPlan, stats, options: Options,
+                 ds: rasterio.DatasetReader, run: Run) -> tuple[np.ndarray, np.ndarray | None, list]:
+    """Stretch/colour the read bands: the rules every product (PNG, thumbnail, map tiles) shares.
+
+    Args:
+        data: (n, h, w) bands as read (plan.indexes); valid: their validity or None.
+        plan: read.plan_bands' choice; stats: statistics() of the file, which fix the stretch.
+        options: stretch and colormap; ds: the dataset (its colour table); run: collects warnings.
+    Returns:
+        (c, h, w) uint8 without alpha, validity (palette holes added), stretch ranges.
+    """
     if plan.kind == "palette":
         lut = render.palette_lut(ds.colormap(plan.indexes[0]), 65536 if data.dtype == np.uint16 else 256)
         rgba = render.apply_lut(data[0], lut)
@@ -140,7 +149,7 @@ def _render_bands(data: np.ndarray, valid: np.ndarray | None, plan: read.BandPla
     return np.stack(bands), valid, ranges
 
 
-def _output_crs(options: Options, geo: metadata.Georeference, run: _Run) -> CRS | None:
+def _output_crs(options: Options, geo: metadata.Georeference, run: Run) -> CRS | None:
     """The CRS to warp to, or None to keep the source grid."""
     if options.coordinate_system == "native":
         return None
@@ -156,14 +165,14 @@ def _output_crs(options: Options, geo: metadata.Georeference, run: _Run) -> CRS 
     return target
 
 
-def _stage_read(source: _Source, options: Options, run: _Run, shape: tuple[int, int]):
+def _stage_read(source: Source, options: Options, run: Run, shape: tuple[int, int]):
     plan = read.plan_bands(source.ds, options.bands)
     run.warn(*plan.warnings)
     data, valid = read.read_decimated(source.ds, plan, shape, options.resampling, READ_THREADS)
     return plan, data, valid
 
 
-def _stage_warp(source: _Source, options: Options, run: _Run, plan: read.BandPlan, work: dict):
+def _stage_warp(source: Source, options: Options, run: Run, plan: read.BandPlan, work: dict):
     """Place the rendered bands on the output grid (the source grid scaled, or warped to another CRS).
 
     Consumes work["bands"] and work["valid"]: nothing else holds them, so each array is
@@ -198,7 +207,7 @@ def _write_sidecars(out_dir: Path, stem: str, options: Options, transform, crs) 
     return names
 
 
-def _stats_doc(stats, ranges, indexes, shape, stretch: str) -> dict:
+def stats_doc(stats, ranges, indexes, shape, stretch: str) -> dict:
     return {
         "statistics": [{"band": int(b), **s.as_dict()} for b, s in zip(indexes, stats)],
         "statistics_source": f"valid pixels of a decimated read of {shape[1]} x {shape[0]} pixels",
@@ -217,7 +226,7 @@ def _summary(doc: dict) -> dict:
     })
 
 
-def _gdal_errors_are_input_errors(func):
+def gdal_errors_are_input_errors(func):
     """GDAL errors that escape a stage are about the file (the stages translate the ones they expect)."""
 
     @functools.wraps(func)
@@ -230,7 +239,7 @@ def _gdal_errors_are_input_errors(func):
     return wrapper
 
 
-@_gdal_errors_are_input_errors
+@gdal_errors_are_input_errors
 def process_file(src: str | Path, out_dir: str | Path, options: Options,
                  progress: Progress | None = None, stem: str | None = None) -> dict:
     """Turn one GeoTIFF into a web image, thumbnail, world file, .prj, .aux.xml and metadata JSON.
@@ -246,19 +255,19 @@ def process_file(src: str | Path, out_dir: str | Path, options: Options,
     """
     src, out_dir = Path(src), Path(out_dir)
     stem = sanitise_stem(stem or src.name)
-    run = _Run(progress)
+    run = Run(progress)
     started = time.perf_counter()
     with ExitStack() as stack, read.gdal_env(), ThreadPoolExecutor(1) as pool:
         with run.stage("validate", 2, "validating the input"):
-            source = _open_source(src, options, run, stack)
+            source = open_source(src, options, run, stack)
             sha: Future = pool.submit(metadata.sha256_file, src)  # overlaps the read; hashlib frees the GIL
-            doc = _summary_doc(source)
+            doc = summary_doc(source)
         shape = read.output_shape(source.ds.width, source.ds.height, options.max_size)
         with run.stage("read", 10, f"reading {source.ds.width} x {source.ds.height} pixels at {shape[1]} x {shape[0]}"):
             plan, data, valid = _stage_read(source, options, run, shape)
         with run.stage("render", 55, "rendering colours"):
-            stats = _statistics(data, valid, plan.indexes, options.percentiles)
-            bands, valid, ranges = _render_bands(data, valid, plan, stats, options, source.ds, run)
+            stats = statistics(data, valid, plan.indexes, options.percentiles)
+            bands, valid, ranges = render_bands(data, valid, plan, stats, options, source.ds, run)
             work = {"bands": bands, "valid": valid}
             del data, bands, valid
         with run.stage("warp", 65, "georeferencing the output grid"):
@@ -282,8 +291,8 @@ def process_file(src: str | Path, out_dir: str | Path, options: Options,
                 outputs["thumbnail"] = None
         with run.stage("write", 92, "writing world file, projection and metadata"):
             outputs.update(_write_sidecars(out_dir, stem, options, transform, crs))
-            doc["file"] = _file_doc(source, sha.result())
-            doc.update(_stats_doc(stats, ranges, plan.indexes, shape, options.stretch))
+            doc["file"] = file_doc(source, sha.result())
+            doc.update(stats_doc(stats, ranges, plan.indexes, shape, options.stretch))
             doc["rendered_bands"] = list(plan.indexes)
             doc["render_mode"] = plan.kind
             doc["output"] = {
@@ -304,7 +313,7 @@ def process_file(src: str | Path, out_dir: str | Path, options: Options,
             "warnings": list(run.warnings)}
 
 
-@_gdal_errors_are_input_errors
+@gdal_errors_are_input_errors
 def describe_file(src: str | Path, options: Options) -> dict:
     """The metadata document of a GeoTIFF (what <stem>.json holds, minus outputs); writes nothing.
 
@@ -315,12 +324,12 @@ def describe_file(src: str | Path, options: Options) -> dict:
         the JSON-serialisable metadata dict.
     """
     src = Path(src)
-    run = _Run(None)
+    run = Run(None)
     started = time.perf_counter()
     with ExitStack() as stack, read.gdal_env():
         with run.stage("validate", 0, "validating"):
-            source = _open_source(src, options, run, stack)
-            doc = _summary_doc(source)
+            source = open_source(src, options, run, stack)
+            doc = summary_doc(source)
         with run.stage("read", 0, "statistics"):
             ds = source.ds
             shape = read.output_shape(ds.width, ds.height, STATS_SIZE)
@@ -328,9 +337,9 @@ def describe_file(src: str | Path, options: Options) -> dict:
             all_bands = read.BandPlan(plan.kind, tuple(b for b in range(1, ds.count + 1) if b != plan.alpha)[:64],
                                       plan.alpha, plan.mask)
             data, valid = read.read_decimated(ds, all_bands, shape, options.resampling)
-            stats = _statistics(data, valid, all_bands.indexes, options.percentiles)
-        doc["file"] = _file_doc(source, metadata.sha256_file(src))
-        doc.update(_stats_doc(stats, [None] * len(stats), all_bands.indexes, shape, options.stretch))
+            stats = statistics(data, valid, all_bands.indexes, options.percentiles)
+        doc["file"] = file_doc(source, metadata.sha256_file(src))
+        doc.update(stats_doc(stats, [None] * len(stats), all_bands.indexes, shape, options.stretch))
         doc["stretch"] = {"method": options.stretch}
     run.timings["total"] = round(time.perf_counter() - started, 4)
     doc["timings"] = run.timings

@@ -172,6 +172,39 @@ def read_decimated(ds: rasterio.DatasetReader, plan: BandPlan, shape: tuple[int,
     return data, valid
 
 
+def read_window(ds: rasterio.DatasetReader, plan: BandPlan, window: Window, shape: tuple[int, int],
+                resampling: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read the planned bands of one window at `shape` through GDAL (mask-aware), and their validity.
+
+    The map tiles read the source window by window (tiles.py), never the whole raster.
+
+    Args:
+        ds: an open dataset (one per thread).
+        plan: what plan_bands chose.
+        window: the source pixels to read.
+        shape: (height, width) of the result (the window's size, or smaller to decimate).
+        resampling: a rasterio Resampling name.
+    Returns:
+        (data of shape (n, h, w), valid boolean mask or None when all pixels are valid).
+    """
+    method = Resampling[resampling]
+    indexes = list(plan.indexes) + ([plan.alpha] if plan.alpha else [])
+    dtypes = {read_dtype(ds.dtypes[i - 1]) for i in indexes}
+    out_dtype = np.result_type(*dtypes) if len(dtypes) > 1 else dtypes.pop()
+    try:
+        data = ds.read(indexes, window=window, out_shape=(len(indexes), *shape), resampling=method,
+                       out_dtype=out_dtype)
+        if plan.mask == "per_dataset":
+            valid = ds.read_masks(plan.indexes[0], window=window, out_shape=shape, resampling=method) > 0
+        else:
+            valid = _validity(ds, plan, data, shape, method, 1)
+    except RasterioError as exc:
+        raise InvalidInput(f"the TIFF's pixel data cannot be decoded (corrupt or truncated): {_gdal_message(exc)}") from None
+    if plan.alpha:
+        data = data[:-1]
+    return data, valid
+
+
 def _numpy_average(ds: rasterio.DatasetReader, indexes: list[int], shape: tuple[int, int],
                    method: Resampling) -> bool:
     """Whether to average in numpy (average.py) rather than through GDAL's decimating RasterIO.
