@@ -187,7 +187,7 @@ def test_16_bit_stretch_matches_the_png_task(tmp_path):
     deepest = [rgba(p) for (z, _, _), p in tile_files(out / "tiles").items() if z == maxzoom]
     grey = np.concatenate([t[t[..., 3] == 255][:, 0] for t in deepest])
     assert grey.min() == 0 and grey.max() == 255  # stretched: the 2 % at each end are clipped
-    ref = np.asarray(Image.open(tmp_path / "png" / png["outputs"]["png"]).convert("L")).astype(int)
+    ref = np.asarray(Image.open(tmp_path / "png" / png["outputs"]["image"]).convert("L")).astype(int)
     assert abs(grey.mean() - ref.mean()) < 4  # same stretch, same picture
     assert all((t[..., 0] == t[..., 1]).all() for t in deepest)  # grey, not a colormap
 

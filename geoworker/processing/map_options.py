@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from geoworker.errors import BadParams
-from geoworker.processing.options import Options, _bool, _choice, _normalise_key
+from geoworker.processing.options import Options, _bool, _choice, normalise_key
 
 COMPRESSIONS = ("jpeg", "webp", "deflate", "lzw", "zstd")
 COMPRESSION_ALIASES = {"jpg": "jpeg"}
@@ -66,7 +66,7 @@ class TileOptions:
 def _own_keys(params: Mapping[str, Any] | None, names: tuple[str, ...]) -> dict[str, Any]:
     if params is not None and not isinstance(params, Mapping):
         raise BadParams(f"params must be an object of key/value pairs, got {type(params).__name__}")
-    return {n: v for k, v in (params or {}).items() if (n := _normalise_key(k)) in names}
+    return {n: v for k, v in (params or {}).items() if (n := normalise_key(k)) in names}
 
 
 def check_compression(value: Any) -> str | None:
