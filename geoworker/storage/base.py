@@ -165,6 +165,16 @@ class Backend(abc.ABC):
         """A time-limited download URL for an output reference, where the backend can make one."""
         return None
 
+    def read_range(self, reference: str, offset: int, length: int) -> bytes:
+        """`length` bytes of a stored output from `offset` (fewer at its end): the API reads tiles out of
+        a PMTiles archive this way, without copying the archive out of storage.
+
+        Raises:
+            UnsupportedOperation: this backend cannot read its outputs back.
+            StorageError: the read failed (transient), PermanentStorageError: the object is gone.
+        """
+        raise UnsupportedOperation(f"storage.backend = {self.name!r} cannot read its outputs back")
+
     def output_file(self, job_id: str, name: str) -> Path | None:
         """The local file of a job's output `name`, for a backend whose outputs the API serves itself; else None."""
         return None

@@ -130,6 +130,16 @@ class S3Backend(Backend):
             body.close()
         return FetchedFile(dest, size, digest, content_type, source)
 
+    def read_range(self, reference: str, offset: int, length: int) -> bytes:
+        bucket, key = parse_s3_url(reference)
+        if bucket != self.bucket:
+            raise PermanentStorageError(f"{reference}: not in the configured bucket")
+        try:
+            obj = self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}")
+            return obj["Body"].read()
+        except Exception as exc:
+            raise self._error("reading", reference, exc) from None
+
     def _chunks(self, body, source: str) -> Iterator[bytes]:
         from botocore.exceptions import BotoCoreError
 
@@ -182,6 +192,11 @@ class S3Backend(Backend):
         stored = {}
         for kind, name in output_names(files).items():
             key = self.key(job.id, "output", name)
+            if Path(files[kind]).is_dir():  # a tree of files (tiles/{z}/{x}/{y}): one object each, under name/
+                for path in sorted(p for p in Path(files[kind]).rglob("*") if p.is_file()):
+                    self._upload(path, f"{key}/{path.relative_to(files[kind]).as_posix()}")
+                stored[kind] = self.url(key) + "/"
+                continue
             self._upload(Path(files[kind]), key)
             stored[kind] = self.url(key)
         return stored

@@ -78,7 +78,7 @@ def store(ctx: TaskContext, backend, fetched, out_dir: Path, produced: Mapping[s
         summary["sha256"] = {"input": fetched.sha256, "outputs": {}}
         return TaskResult(result=summary)
     ctx.progress(92, "storing the outputs")
-    checksums = {kind: sha256_file(path) for kind, path in files.items()}
+    checksums = {kind: sha256_file(path) for kind, path in files.items() if not path.is_dir()}
     outputs = backend.store_outputs(ctx.job, files)
     summary["sha256"] = {"input": fetched.sha256, "outputs": checksums}
     if missing := sorted(set(files) - set(outputs)):

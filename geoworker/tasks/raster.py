@@ -82,6 +82,12 @@ OPTIONS = Schema((
 ), check_all=_all_options)
 
 
+def options_named(*names: str) -> tuple[Param, ...]:
+    """Some of the PNG task's parameters, for tasks that render the same way (the map products)."""
+    by_name = {p.name: p for p in OPTIONS.params}
+    return tuple(by_name[n] for n in names)
+
+
 def produce_png(src: Path, out_dir: Path, params: Mapping[str, Any], settings: Any,
                 progress: Progress | None = None) -> dict[str, Any]:
     from geoworker.processing import process_file  # late, as above
