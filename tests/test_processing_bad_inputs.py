@@ -137,8 +137,8 @@ def test_huge_sparse_file_is_named_a_decompression_bomb(tmp_path):
     err = refused(src, tmp_path, Options(max_file_size=1 << 40))
     assert err.code == "invalid_input"
     assert err.message == ("the TIFF declares 4,000,000 x 4,000,000 pixels (16.0 TB of pixel data) but holds only "
-                           "64 bytes of it: refused as a decompression bomb (a sparse or hostile file, or a corrupt "
-                           "header)")
+                           "64 bytes of pixel data: refused as a decompression bomb (a sparse or hostile file, or a "
+                           "corrupt header)")
     # without the header parser, GDAL's view of the same file meets the pixel budget
     err = refused(src, tmp_path, Options(max_file_size=1 << 40, validate_headers=False))
     assert err.code == "too_large" and "4,000,000 x 4,000,000 pixels" in err.message and "gigapixels" in err.message

@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import rasterio
+from loguru import logger
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 
@@ -41,6 +42,7 @@ class _Run:
     """Bookkeeping of one call: stage timings, warnings, progress."""
 
     progress: Progress | None
+    name: str = ""  # the input's file name, for log lines
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -58,9 +60,11 @@ class _Run:
             self.progress(percent, message)
 
     def warn(self, *messages: str) -> None:
+        """Keep a warning for the result and the metadata, and log it once (INFO: a job's log, not a CLI's stderr)."""
         for m in messages:
             if m not in self.warnings:
                 self.warnings.append(m)
+                logger.info(f"{self.name}: {m}")
 
 
 @dataclass
@@ -281,7 +285,7 @@ def process_file(src: str | Path, out_dir: str | Path, options: Options,
     """
     src, out_dir = Path(src), Path(out_dir)
     stem = sanitise_stem(stem or src.name)
-    run = _Run(progress)
+    run = _Run(progress, src.name)
     started = time.perf_counter()
     with ExitStack() as stack, read.gdal_env(), ThreadPoolExecutor(1) as pool:
         with run.stage("validate", 2, "validating the input"):
@@ -355,7 +359,7 @@ def describe_file(src: str | Path, options: Options) -> dict:
         the JSON-serialisable metadata dict.
     """
     src = Path(src)
-    run = _Run(None)
+    run = _Run(None, src.name)
     started = time.perf_counter()
     with ExitStack() as stack, read.gdal_env():
         with run.stage("validate", 0, "validating"):

@@ -191,9 +191,10 @@ def check_header(header: TiffHeader) -> None:
                            f"uncompressed pixel data) but the file is only {human_bytes(header.file_size)}")
     held = header.file_size if header.data_bytes is None else header.data_bytes
     if raw > RATIO_CHECK_FLOOR and raw > MAX_COMPRESSION_RATIO * held:
+        what = "in all" if header.data_bytes is None else "of pixel data"
         raise InvalidInput(f"the TIFF declares {w:,} x {h:,} pixels ({human_bytes(raw)} of pixel data) but holds "
-                           f"only {held:,} bytes of it: refused as a decompression bomb (a sparse or hostile "
-                           "file, or a corrupt header)")
+                           f"only {held:,} bytes {what}: refused as a decompression bomb (a sparse or hostile file, "
+                           "or a corrupt header)")
 
 
 def check_budget(width: int, height: int, band_bytes: list[int], dtype: str, max_pixels: int,
