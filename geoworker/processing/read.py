@@ -382,14 +382,31 @@ def _validity(ds, plan: BandPlan, data: np.ndarray, shape: tuple[int, int], meth
 
 
 def gdal_message(exc: BaseException) -> str:
-    """One short line from a GDAL/PROJ error: whitespace collapsed, PROJJSON and WKT dumps left out.
+    """One short line from a GDAL/PROJ error: what failed and why, without dumps or server paths.
+
+    rasterio raises "Read failed. See previous exception for details." with GDAL's own
+    errors chained behind it: the first specific message (which block) and the innermost
+    one (the codec's reason) are kept. PROJJSON and WKT dumps become "<a CRS>", directories
+    are left off file names.
 
     Args:
         exc: what rasterio raised.
     Returns:
         at most 300 characters.
     """
-    text = " ".join(str(exc).split())
+    parts: list[str] = []
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        text = " ".join(str(link).split())
+        if text and "See previous exception" not in text and text not in parts:
+            parts.append(text)
+        link = link.__cause__ or link.__context__
+    if not parts:
+        return type(exc).__name__
+    text = parts[0] if len(parts) == 1 else f"{parts[0]} ({parts[-1]})"
     text = re.sub(r"""['`"]?(\{ ?"\$schema".*?\}|[A-Z]+CRS\[.*?\]|PROJCS\[.*?\]|GEOGCS\[.*?\])['`"]?(?= to |$)""",
                   "<a CRS>", text)
-    return text[:300] or type(exc).__name__
+    text = re.sub(r"(?<![\w.])/(?:[^\s/:'\"]+/)+([^\s/:'\"]+)", r"\1", text)
+    return text[:300]
