@@ -70,18 +70,21 @@ class Options:
         """
         names = {f.name for f in fields(cls)}
         values: dict[str, Any] = {}
-        for source in (defaults or {}, params or {}):
+        limits: dict[str, Any] = {}
+        for is_params, source in ((False, defaults or {}), (True, params or {})):
             if not isinstance(source, Mapping):
                 raise BadParams(f"params must be an object of key/value pairs, got {type(source).__name__}")
+            if is_params:
+                limits = dict(values)  # what the operator set, before any param
             for key, value in source.items():
                 name = _normalise_key(key)
                 if name in names:
                     values[name] = value
         options = cls(**values)
-        limits = cls(**{k: v for k, v in values.items() if k not in _param_names(params)})
+        operator = cls(**{k: v for k, v in limits.items() if k in OPERATOR_LIMITS})
         for name in OPERATOR_LIMITS:
-            if getattr(options, name) > getattr(limits, name):
-                raise BadParams(f"{name} can only lower this worker's limit of {getattr(limits, name)}, "
+            if getattr(options, name) > getattr(operator, name):
+                raise BadParams(f"{name} can only lower this worker's limit of {getattr(operator, name)}, "
                                 f"got {getattr(options, name)}")
         return options
 
@@ -105,10 +108,6 @@ def defaults_from_settings(settings) -> dict[str, Any]:
     values = {f.name: getattr(settings.processing, f.name) for f in fields(settings.processing)}
     values.update(max_file_size=settings.storage.max_file_size, validate_headers=settings.storage.validate_headers)
     return values
-
-
-def _param_names(params: Mapping[str, Any] | None) -> set[str]:
-    return {_normalise_key(k) for k in params} if isinstance(params, Mapping) else set()
 
 
 def _normalise_key(key: Any) -> str:
