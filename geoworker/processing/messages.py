@@ -15,8 +15,6 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
-from loguru import logger
-
 LIBRARY_LOGGER = "rasterio"
 # about the code, not the file: left out of the file's log lines
 DEVELOPER_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
@@ -59,5 +57,8 @@ def library_messages(name: str) -> Iterator[dict[str, None]]:
                     seen.setdefault(f"{w.category.__name__}: {' '.join(str(w.message).split())[:500]}", None)
     finally:
         library.removeHandler(handler)
-        for message in seen:
-            logger.info(f"{name}: {message}")
+        if seen:
+            from loguru import logger  # only when there is something to say (pipeline._log says why)
+
+            for message in seen:
+                logger.info(f"{name}: {message}")

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import rasterio
-from loguru import logger
+from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 
@@ -64,7 +64,15 @@ class _Run:
         for m in messages:
             if m not in self.warnings:
                 self.warnings.append(m)
-                logger.info(f"{self.name}: {m}")
+                _log(f"{self.name}: {m}")
+
+
+def _log(line: str) -> None:
+    # loguru is imported only when there is something to say: it costs 5 MB of RSS and
+    # 30 ms in a process that only runs the pipeline (the benchmark, `geoworker process`)
+    from loguru import logger
+
+    logger.info(line)
 
 
 @dataclass
@@ -192,31 +200,55 @@ def _stage_read(source: _Source, options: Options, run: _Run, shape: tuple[int, 
     return plan, data, valid
 
 
-def _stage_warp(source: _Source, options: Options, run: _Run, plan: read.BandPlan, work: dict):
+@dataclass(frozen=True)
+class _Grid:
+    """Where the rendered bands go: the source grid at output size, and the warp to another CRS, if any."""
+
+    transform: Affine  # the source grid scaled to the read shape
+    crs: CRS | None
+    target: CRS | None = None  # None: no warp
+    target_transform: Affine | None = None
+    target_shape: tuple[int, int] = (0, 0)  # (height, width)
+    rpcs: object | None = None  # the RPC model scaled to the read shape
+
+
+def _plan_grid(source: _Source, options: Options, run: _Run, shape: tuple[int, int]) -> _Grid:
+    """The output grid, decided before any pixel is read: an image that cannot be projected is
+    refused without the cost of a read (and GDAL's transformer is set up while memory is low)."""
+    height, width = shape
+    geo, full = source.geo, (source.ds.width, source.ds.height)
+    transform = georef.scaled_transform(geo.transform, full, (width, height))
+    crs = None if geo.kind == "rpc" else geo.crs  # an RPC image's own grid has no map coordinates
+    target = _output_crs(options, geo, run)
+    if target is None:
+        return _Grid(transform, crs)
+    rpcs = georef.scaled_rpcs(geo.rpcs, full, (width, height)) if geo.kind == "rpc" else None
+    try:
+        dst_transform, w, h = georef.warp_grid(None if rpcs else transform, (width, height), geo.crs, target,
+                                               options.max_size, rpcs, options.rpc_height)
+    except georef.PROJ_ERRORS as exc:
+        raise Unsupported(f"the image cannot be projected to {options.coordinate_system}: "
+                          f"{read.gdal_message(exc)} (coordinate_system=native keeps the source grid)") from None
+    return _Grid(transform, crs, target, dst_transform, (h, w), rpcs)
+
+
+def _stage_warp(source: _Source, options: Options, grid: _Grid, work: dict):
     """Place the rendered bands on the output grid (the source grid scaled, or warped to another CRS).
 
     Consumes work["bands"] and work["valid"]: nothing else holds them, so each array is
     freed as soon as its successor exists and the peak holds about two output images.
     """
     bands, valid = work.pop("bands"), work.pop("valid")
-    height, width = bands.shape[1:]
-    geo, full = source.geo, (source.ds.width, source.ds.height)
-    transform = georef.scaled_transform(geo.transform, full, (width, height))
-    crs = None if geo.kind == "rpc" else geo.crs  # an RPC image's own grid has no map coordinates
-    target = _output_crs(options, geo, run)
-    if target is not None:
-        rpcs = georef.scaled_rpcs(geo.rpcs, full, (width, height)) if geo.kind == "rpc" else None
-        src_transform = None if rpcs is not None else transform
-        try:
-            dst_transform, w, h = georef.warp_grid(src_transform, (width, height), geo.crs, target, options.max_size,
-                                                   rpcs, options.rpc_height)
-            bands, valid = georef.warp_image(bands, valid, src_transform, geo.crs, dst_transform, target, (h, w),
-                                             num_threads=READ_THREADS, rpcs=rpcs, rpc_height=options.rpc_height)
-        except georef.PROJ_ERRORS as exc:
-            raise Unsupported(f"the image cannot be projected to {options.coordinate_system}: "
-                              f"{read.gdal_message(exc)} (coordinate_system=native keeps the source grid)") from None
-        transform, crs = dst_transform, target
-    return render.to_pixels(list(bands), valid), transform, crs
+    if grid.target is None:
+        return render.to_pixels(list(bands), valid), grid.transform, grid.crs
+    try:
+        bands, valid = georef.warp_image(bands, valid, None if grid.rpcs else grid.transform, source.geo.crs,
+                                         grid.target_transform, grid.target, grid.target_shape,
+                                         num_threads=READ_THREADS, rpcs=grid.rpcs, rpc_height=options.rpc_height)
+    except georef.PROJ_ERRORS as exc:
+        raise Unsupported(f"the image cannot be projected to {options.coordinate_system}: "
+                          f"{read.gdal_message(exc)} (coordinate_system=native keeps the source grid)") from None
+    return render.to_pixels(list(bands), valid), grid.target_transform, grid.target
 
 
 def _write_sidecars(out_dir: Path, stem: str, options: Options, transform, crs) -> dict[str, str | None]:
@@ -293,6 +325,8 @@ def process_file(src: str | Path, out_dir: str | Path, options: Options,
             sha: Future = pool.submit(metadata.sha256_file, src)  # overlaps the read; hashlib frees the GIL
             doc = _summary_doc(source, options)
         shape = read.output_shape(source.ds.width, source.ds.height, options.max_size)
+        with run.stage("warp", 8, "choosing the output grid"):
+            grid = _plan_grid(source, options, run, shape)
         with run.stage("read", 10, f"reading {source.ds.width} x {source.ds.height} pixels at {shape[1]} x {shape[0]}"):
             plan, data, valid = _stage_read(source, options, run, shape)
         with run.stage("render", 55, "rendering colours"):
@@ -303,7 +337,7 @@ def process_file(src: str | Path, out_dir: str | Path, options: Options,
             work = {"bands": bands, "valid": valid}
             del data, bands, valid
         with run.stage("warp", 65, "georeferencing the output grid"):
-            pixels, transform, crs = _stage_warp(source, options, run, plan, work)
+            pixels, transform, crs = _stage_warp(source, options, grid, work)
         out_dir.mkdir(parents=True, exist_ok=True)
         outputs: dict[str, str | None] = {}
         sizes: dict[str, int] = {}
