@@ -70,7 +70,7 @@ def test_world_file_beside_the_tiff_georeferences_it(tmp_path, suffix):
     # and so it can be warped: the default output lands in Sana'a
     out2 = tmp_path / "wgs"
     process_file(src, out2, Options())
-    west, north = transform_from_world_file((out2 / "scan.pgw").read_text().split()) * (0, 0)
+    west, north = transform_from_world_file((out2 / "scan.pgw").read_text().split()) @ (0, 0)
     assert 44.19 < west < 44.2 and 15.35 < north < 15.36
 
 

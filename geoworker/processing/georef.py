@@ -113,7 +113,7 @@ def _wgs84_corners(crs: CRS, transform: Affine | None, size: tuple[int, int], rp
         with RPCTransformer(rpcs, **rpc_options(rpc_height)) as rpc:
             lons, lats = rpc.xy(rows, cols, offset="ul")
         return list(zip(np.atleast_1d(lons).tolist(), np.atleast_1d(lats).tolist()))
-    xs, ys = zip(*(transform * (c, r) for c, r in zip(cols, rows)))
+    xs, ys = zip(*(transform @ (c, r) for c, r in zip(cols, rows)))
     lons, lats = transform_points(crs, WGS84, list(xs), list(ys))
     return list(zip(lons, lats))
 
@@ -248,7 +248,7 @@ def corner_gcps(transform: Affine, width: int, height: int) -> list[GroundContro
     """
     points = []
     for name, (col, row) in {"ul": (0, 0), "ur": (width, 0), "lr": (width, height), "ll": (0, height)}.items():
-        x, y = transform * (col, row)
+        x, y = transform @ (col, row)
         points.append(GroundControlPoint(row=row, col=col, x=x, y=y, z=0.0, id=name, info=name))
     return points
 
