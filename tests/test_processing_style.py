@@ -5,6 +5,8 @@ rendering decision is made once per file and gives the same colours on any array
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -148,3 +150,40 @@ def test_looks_categorical_rule():
     lut = style.class_lut([3, 9])
     assert tuple(lut[9][:3]) == style.class_colour(9, [3, 9]) == style.CLASS_COLOURS[1]
     assert tuple(lut[200][:3]) == style.class_colour(200, [3, 9])  # unlisted values: the same rule everywhere
+
+
+RAT = """<PAMDataset><PAMRasterBand band="1"><GDALRasterAttributeTable tableType="thematic">
+  <FieldDefn index="0"><Name>Value</Name><Type>0</Type><Usage>5</Usage></FieldDefn>
+  <FieldDefn index="1"><Name>Class_Name</Name><Type>2</Type><Usage>2</Usage></FieldDefn>
+  {rows}
+</GDALRasterAttributeTable></PAMRasterBand></PAMDataset>"""
+
+
+def test_a_raster_attribute_table_makes_classes_and_names_the_legend(tmp_path):
+    values = tuple(range(0, 200, 5))  # 40 classes: too many to be recognised from the pixels alone
+    src = rasters.classes(tmp_path / "nlcd.tif", values, size=200)
+    rows = "".join(f'<Row index="{i}"><F>{v}</F><F>class {v}</F></Row>' for i, v in enumerate(values))
+    (tmp_path / "nlcd.tif.aux.xml").write_text(RAT.format(rows=rows))
+    if shutil.which("gdalinfo"):  # GDAL reads the table as we do
+        info = json.loads(subprocess.run(["gdalinfo", "-json", str(src)], check=True, capture_output=True, text=True,
+                                         timeout=60).stdout)
+        rat = info.get("rat") or info["bands"][0]["rat"]  # GDAL 3.6 reports band 1's table at the top
+        assert [row["f"] for row in rat["row"]][:2] == [[0, "class 0"], [5, "class 5"]]
+    mode, pixels, meta = run(src, tmp_path)
+    assert mode == "RGB" and meta["render_mode"] == "categorical" and meta["style"]["classes"] == list(values)
+    legend = {e["value"]: e for e in meta["legend"]}
+    assert sorted(legend) == list(values) and legend[195]["name"] == "class 195"
+    assert len({e["color"] for e in legend.values()}) == 32  # as many colours as the palette has
+    # the same file without its table: 40 values are a measurement, grey as it always was
+    (tmp_path / "nlcd.tif.aux.xml").unlink()
+    mode, _, meta = run(src, tmp_path / "2")
+    assert mode == "L" and meta["render_mode"] == "grey"
+
+
+def test_category_names_name_the_classes(tmp_path):
+    src = rasters.classes(tmp_path / "zones.tif", (0, 1, 2), size=60)
+    (tmp_path / "zones.tif.aux.xml").write_text(
+        '<PAMDataset><PAMRasterBand band="1"><CategoryNames><Category>outside</Category><Category>site</Category>'
+        '<Category>building</Category></CategoryNames></PAMRasterBand></PAMDataset>')
+    _, _, meta = run(src, tmp_path)
+    assert [(e["value"], e["name"]) for e in meta["legend"]] == [(0, "outside"), (1, "site"), (2, "building")]

@@ -155,7 +155,8 @@ def _choose_style(plan: read.BandPlan, stats, dtype, options: Options, ds: raste
     if plan.kind == "rgb" and options.colormap:
         run.warn("colormap applies to single-band rendering only; it was ignored for this RGB image")
     colortable = ds.colormap(plan.indexes[0]) if plan.kind == "palette" else None
-    return style.choose_style(plan.kind, stats, dtype, options.stretch, options.colormap, colortable, plan.classes)
+    return style.choose_style(plan.kind, stats, dtype, options.stretch, options.colormap, colortable, plan.classes,
+                              plan.class_names)
 
 
 def _describe_body(crs: CRS) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
+from xml.etree import ElementTree
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -86,6 +87,7 @@ class BandPlan:
     mask: str = "none"  # none | nodata | per_dataset | alpha
     warnings: tuple[str, ...] = field(default=())
     classes: tuple[int, ...] = ()  # "categorical": the class values the file was recognised by
+    class_names: tuple[tuple[int, str], ...] = ()  # (value, name) from the band's attribute table
 
 
 def output_shape(width: int, height: int, max_size: int) -> tuple[int, int]:
@@ -138,11 +140,14 @@ def plan_bands(ds: rasterio.DatasetReader, bands: tuple[int, ...] | None, detect
     palette = (len(indexes) == 1 and interp[indexes[0] - 1] == ColorInterp.palette and _has_colormap(ds, indexes[0]))
     kind = "palette" if palette else ("rgb" if len(indexes) == 3 else "grey")
     classes: tuple[int, ...] = ()
+    names: dict[int, str] = {}
     if kind == "grey" and detect_classes:
-        classes = band_classes(ds, indexes[0])
+        names = class_names(ds, indexes[0])
+        classes = band_classes(ds, indexes[0], names)
         if classes:
             kind = "categorical"
-    return BandPlan(kind, indexes, alpha, _mask_kind(ds, indexes, alpha), tuple(warnings), classes)
+    return BandPlan(kind, indexes, alpha, _mask_kind(ds, indexes, alpha), tuple(warnings), classes,
+                    tuple(sorted(names.items())) if classes else ())
 
 
 def _rgb_bands(interp: list[ColorInterp], data: list[int]) -> tuple[int, ...]:
@@ -154,22 +159,27 @@ def _rgb_bands(interp: list[ColorInterp], data: list[int]) -> tuple[int, ...]:
     return tuple(data[:3])
 
 
-def band_classes(ds: rasterio.DatasetReader, index: int) -> tuple[int, ...]:
+def band_classes(ds: rasterio.DatasetReader, index: int, names: dict[int, str] | None = None) -> tuple[int, ...]:
     """The class values of a band that holds classes (land cover, labels, masks), else ().
 
-    A band is a class raster when its description says so, or when a sample of its
-    full-resolution pixels (PROBE_WINDOWS windows spread over the image, at most one
+    A band is a class raster when it has a table of class names (a raster attribute table
+    or category names, see class_names), when its description says so, or when a sample of
+    its full-resolution pixels (PROBE_WINDOWS windows spread over the image, at most one
     block each: cheap on any size) holds a few distinct values (see style.looks_categorical).
 
     Args:
         ds: an open dataset.
         index: the 1-based band.
+        names: its class names, when already read.
     Returns:
-        the sorted distinct valid values found, or () for a continuous band.
+        the sorted class values (named or found), or () for a continuous band.
     """
     dtype = np.dtype(ds.dtypes[index - 1])
     if dtype not in (np.uint8, np.uint16):
         return ()
+    names = class_names(ds, index) if names is None else names
+    if names:
+        return tuple(v for v in sorted(names) if 0 <= v <= np.iinfo(dtype).max)
     described = bool(CATEGORICAL_WORDS.search(ds.descriptions[index - 1] or ""))
     limit = 256 if described else MAX_CLASSES
     values = probe_values(ds, index, limit)
@@ -178,6 +188,69 @@ def band_classes(ds: rasterio.DatasetReader, index: int) -> tuple[int, ...]:
     if described and 1 <= len(values) <= limit:
         return tuple(int(v) for v in values)
     return tuple(int(v) for v in values) if looks_categorical(values) else ()
+
+
+def class_names(ds: rasterio.DatasetReader, index: int) -> dict[int, str]:
+    """A band's class names: its raster attribute table (RAT) or category names, as GDAL keeps them.
+
+    rasterio reads neither; GDAL keeps both for a GeoTIFF in the PAM sidecar (.aux.xml)
+    it lists among the dataset's files, which is read here. The value of a RAT row is its
+    MinMax (or "Value") column, else Row0Min + row x BinSize; its name the Name column.
+
+    Args:
+        ds: an open dataset.
+        index: the 1-based band.
+    Returns:
+        {value: name}; {} when the band has neither.
+    """
+    aux = next((Path(f) for f in ds.files if str(f).lower().endswith(".aux.xml")), None)
+    if aux is None:
+        return {}
+    try:
+        root = ElementTree.parse(aux).getroot()
+    except (ElementTree.ParseError, OSError):
+        return {}
+    band = next((b for b in root.iter("PAMRasterBand") if b.get("band") == str(index)), None)
+    if band is None:
+        return {}
+    table = band.find("GDALRasterAttributeTable")
+    if table is not None:
+        return _rat_names(table)
+    categories = [c.text or "" for c in band.findall("CategoryNames/Category")]
+    return {value: name for value, name in enumerate(categories) if name.strip()}
+
+
+def _rat_names(table: ElementTree.Element) -> dict[int, str]:
+    fields = {}
+    for f in table.findall("FieldDefn"):
+        try:
+            fields[int(f.get("index", -1))] = ((f.findtext("Name") or "").strip().lower(), int(f.findtext("Usage") or 0))
+        except ValueError:
+            continue
+    # GDAL's field usages: 2 = name, 5 = min-max (the class value)
+    value_col = next((i for i, (n, u) in fields.items() if u == 5), None)
+    if value_col is None:
+        value_col = next((i for i, (n, u) in fields.items() if n in ("value", "class_value", "code")), None)
+    name_col = next((i for i, (n, u) in fields.items() if u == 2), None)
+    if name_col is None:
+        name_col = next((i for i, (n, u) in fields.items() if n in ("class", "class_name", "name", "label")), None)
+    if name_col is None:
+        return {}
+    try:
+        row0, bin_size = float(table.get("Row0Min", 0)), float(table.get("BinSize", 1))
+    except ValueError:
+        row0, bin_size = 0.0, 1.0
+    names = {}
+    for row in table.findall("Row"):
+        cells = [c.text or "" for c in row.findall("F")]
+        try:
+            value = float(cells[value_col]) if value_col is not None else row0 + int(row.get("index", 0)) * bin_size
+            name = cells[name_col].strip()
+        except (IndexError, ValueError):
+            continue
+        if name and value.is_integer():
+            names[int(value)] = name[:100]
+    return names
 
 
 def probe_values(ds: rasterio.DatasetReader, index: int, limit: int) -> np.ndarray | None:

@@ -8,7 +8,7 @@ same pixel. Pure functions: nothing here opens a file.
     plan = read.plan_bands(ds, options.bands, detect_classes=...)   # which bands, what kind
     stats = [render.band_statistics(band, valid, percentiles) for band in data]
     style = choose_style(plan.kind, stats, data.dtype, options.stretch, options.colormap,
-                         colortable, plan.classes)
+                         colortable, plan.classes, plan.class_names)
     rgb, valid = apply_style(style, tile, tile_valid)                 # any array of the file
 """
 
@@ -47,6 +47,7 @@ class Style:
     lut: RGBA by value, (256 or 65536, 4) uint8, for palette and categorical; else None.
     colormap: a render.COLORMAPS name applied to a stretched grey band, or None.
     classes: the class values of a categorical band (their colours come first in CLASS_COLOURS).
+    names: class value -> name, from the band's attribute table or category names.
     """
 
     kind: str
@@ -54,6 +55,7 @@ class Style:
     lut: np.ndarray | None = field(default=None, repr=False)
     colormap: str | None = None
     classes: tuple[int, ...] = ()
+    names: tuple[tuple[int, str], ...] = ()
 
     def as_dict(self) -> dict:
         """A JSON-ready summary (the metadata's "style")."""
@@ -114,7 +116,7 @@ def class_lut(classes: Sequence[int], size: int = 256) -> np.ndarray:
 
 def choose_style(kind: str, stats: Sequence[render.BandStats], dtype: np.dtype | str, stretch: str,
                  colormap: str | None = None, colortable: Mapping[int, tuple[int, ...]] | None = None,
-                 classes: Sequence[int] = ()) -> Style:
+                 classes: Sequence[int] = (), names: Sequence[tuple[int, str]] = ()) -> Style:
     """Decide how a file's bands become colours, once, from the whole file's statistics.
 
     Args:
@@ -125,6 +127,7 @@ def choose_style(kind: str, stats: Sequence[render.BandStats], dtype: np.dtype |
         colormap: a COLORMAPS name for a grey band ("gray" or None: plain grey).
         colortable: the band's GDAL colour table, for "palette".
         classes: the class values, for "categorical".
+        names: (value, name) pairs of named classes, for the legend.
     Returns:
         the Style to apply to any array of this file.
     """
@@ -132,7 +135,8 @@ def choose_style(kind: str, stats: Sequence[render.BandStats], dtype: np.dtype |
     if kind == "palette":
         return Style(kind, lut=render.palette_lut(dict(colortable or {}), size))
     if kind == "categorical":
-        return Style(kind, lut=class_lut(classes, size), classes=tuple(int(c) for c in classes))
+        return Style(kind, lut=class_lut(classes, size), classes=tuple(int(c) for c in classes),
+                     names=tuple((int(v), str(n)) for v, n in names))
     ranges = tuple(render.stretch_range(s, np.dtype(dtype), stretch) for s in stats)
     ramp = colormap if kind == "grey" and colormap and colormap != "gray" else None
     return Style(kind, ranges, colormap=ramp)
@@ -169,16 +173,20 @@ def legend(style: Style, data: np.ndarray, valid: np.ndarray | None) -> list[dic
         data: the rendered values (1, h, w), as read.
         valid: boolean validity or None.
     Returns:
-        [{"value", "color" ("#rrggbb"), "percent"}], by value; [] for other kinds.
+        [{"value", "color" ("#rrggbb"), "percent"[, "name"]}], by value; [] for other kinds.
     """
     if style.kind != "categorical":
         return []
     values = data[0] if valid is None else data[0][valid]
     counts = np.bincount(values.ravel(), minlength=1)
     total = max(1, int(counts.sum()))
+    names = dict(style.names)
     out = []
     for value in np.flatnonzero(counts):
         r, g, b = (int(c) for c in style.lut[value][:3])
-        out.append({"value": int(value), "color": f"#{r:02x}{g:02x}{b:02x}",
-                    "percent": round(100.0 * int(counts[value]) / total, 3)})
+        entry = {"value": int(value), "color": f"#{r:02x}{g:02x}{b:02x}",
+                 "percent": round(100.0 * int(counts[value]) / total, 3)}
+        if int(value) in names:
+            entry["name"] = names[int(value)]
+        out.append(entry)
     return out
