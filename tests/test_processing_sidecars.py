@@ -136,3 +136,13 @@ def test_no_sidecars_and_unreadable_files(tmp_path):
     text = tmp_path / "notes.tif"
     text.write_text("not a TIFF")
     assert sidecar_files(text) == []
+
+
+def test_a_broken_aux_xml_is_ignored_as_gdal_ignores_it(tmp_path):
+    src = rasters.write(tmp_path / "in.tif", rasters.gradient_rgb(30, 40), photometric="RGB")
+    (tmp_path / "in.tif.aux.xml").write_text('<PAMDataset><PAMRasterBand band="1"><NoDataValue>oops</NoDataValue>'
+                                             '<Metadata><MDI key="a">')  # cut off mid-element
+    out, result, meta = run(src, tmp_path)
+    assert meta["nodata"] == [None, None, None] and meta["crs"]["epsg"] == 32638
+    with Image.open(out / "in.png") as img:
+        assert img.mode == "RGB" and np.array_equal(np.asarray(img), np.moveaxis(rasters.gradient_rgb(30, 40), 0, -1))
