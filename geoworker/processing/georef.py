@@ -11,7 +11,6 @@ import math
 import re
 
 import numpy as np
-import rasterio
 from affine import Affine
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
