@@ -195,6 +195,9 @@ class ProcessingSettings:
         _one_of("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "gauss", "rms"),
         default="average",
     )
+    # the decompression-bomb budget, checked before decoding (a job's params can only lower it)
+    max_pixels: int = _opt(_positive, default=1 << 32)
+    max_decoded_bytes: int = _opt(_positive, default=8 << 30)
 
 
 @dataclass(frozen=True)
