@@ -163,7 +163,7 @@ class StorageSettings:
     backend: str = _opt(_storage_backend, default="local")
     root: str = _opt(path=True, default="var/storage")
     temp_dir: str = _opt(path=True, default="var/tmp")
-    max_file_size: int = _opt(_upto(_positive, 1 << 50, " bytes"), default=104857600)
+    max_file_size: int = _opt(_upto(_positive, 1 << 60, " bytes"), default=104857600)
     allowed_hosts: tuple[str, ...] = ()
     allow_http: bool = False
     validate_headers: bool = True

@@ -135,13 +135,25 @@ def _store_input(job: Job, path: Path, settings, queue: JobQueue) -> Job:
     try:
         with open_backend(settings) as backend:
             ref = backend.import_file(job.id, path)
+            sidecars = _sidecars(path)
+            if sidecars:  # the world file, .aux.xml, .msk, .ovr that GDAL reads beside it travel with it
+                ref = backend.import_sidecars(job.id, ref, path.name, sidecars)
     except BaseException as exc:
         reason = str(exc) if isinstance(exc, GeoworkerError) else f"{type(exc).__name__}: {exc}"
         queue.cancel(job.id, reason=f"the input could not be stored: {reason}")
         if isinstance(exc, OSError):
             raise GeoworkerError(f"{path.name}: cannot store the input: {exc.strerror or exc}") from None
         raise
-    return queue.queue_pending(job.id, ref, data={"name": ref.get("name"), "size": ref.get("size")})
+    data = {"name": ref.get("name"), "size": ref.get("size")}
+    if ref.get("sidecars"):
+        data["sidecars"] = [s["name"] for s in ref["sidecars"]]
+    return queue.queue_pending(job.id, ref, data=data)
+
+
+def _sidecars(path: Path) -> list[Path]:
+    from geoworker.processing.read import sidecar_files  # late: rasterio, only when a file is submitted
+
+    return sidecar_files(path)
 
 
 def _whole(name: str, value: Any, lo: int, hi: int) -> int:

@@ -177,3 +177,19 @@ def test_a_tile_archive_and_a_tile_tree_in_s3_are_read_by_range(backend, s3, buc
     size = (out / made["outputs"]["pmtiles"]).stat().st_size
     assert len(reads) == 1 + len(local_tiles), "one read for the header and directory, then one per tile"
     assert all(length < size for _, length in reads[1:]), "ranged reads, never the whole archive"
+
+
+def test_sidecars_are_stored_beside_the_input_in_s3_and_fetched_with_it(backend, bucket, tmp_path):
+    src = write_geotiff(tmp_path / "up" / "Site Plan.tif")
+    (src.parent / "Site Plan.tfw").write_text("2\n0\n0\n-2\n400000\n1700000\n")
+    (src.parent / "Site Plan.tif.aux.xml").write_text("<PAMDataset/>")
+    ref = backend.import_file(JOB_ID, src)
+    ref = backend.import_sidecars(JOB_ID, ref, src.name, [src.parent / "Site Plan.tfw",
+                                                          src.parent / "Site Plan.tif.aux.xml"])
+    assert [s["url"] for s in ref["sidecars"]] == [
+        f"s3://{bucket}/tenant-a/jobs/{JOB_ID}/input/Site_Plan.tfw",
+        f"s3://{bucket}/tenant-a/jobs/{JOB_ID}/input/Site_Plan.tif.aux.xml"]
+    got = backend.fetch(Job(JOB_ID, ref), tmp_path / "work")
+    assert got.path.name == "Site_Plan.tif"
+    assert sorted(p.name for p in got.sidecars) == ["Site_Plan.tfw", "Site_Plan.tif.aux.xml"]
+    assert (tmp_path / "work" / "Site_Plan.tfw").read_text().startswith("2\n")

@@ -103,6 +103,12 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             raise PermanentStorageError(f"the output {path.name} does not exist (any more)") from None
 
+    def import_sidecar(self, job_id: str, path: Path, name: str) -> dict[str, Any]:
+        with open(path, "rb") as fh:
+            dest = self.job_dir(job_id, "input") / safe_filename(name)
+            size, digest = write_capped(file_chunks(fh), dest, self.storage.max_file_size, durable=True)
+        return {"path": str(dest.resolve()), "name": dest.name, "size": size, "sha256": digest}
+
     def store_outputs(self, job, files: Mapping[str, Path]) -> dict[str, str]:
         out_dir = self.job_dir(job.id, "output")
         stored: dict[str, str] = {}

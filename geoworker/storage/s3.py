@@ -122,7 +122,7 @@ class S3Backend(Backend):
             if length is not None and length > self.storage.max_file_size:
                 raise too_large(self.storage.max_file_size, length)
             content_type = obj.get("ContentType")
-            if self.storage.validate_headers:
+            if self.storage.validate_headers and not ref.get("sidecar"):
                 check_content_type(content_type, source=source)
             dest = dest_dir / safe_filename(ref.get("name") or key.rpartition("/")[2])
             size, digest = write_capped(self._chunks(body, source), dest, self.storage.max_file_size)
@@ -173,6 +173,14 @@ class S3Backend(Backend):
         self._upload(path, key)
         return {"backend": "s3", "url": self.url(key), "name": safe_filename(path.name), "size": size,
                 "sha256": digest}
+
+    def import_sidecar(self, job_id: str, path: Path, name: str) -> dict[str, Any]:
+        size = path.stat().st_size
+        if size > self.storage.max_file_size:
+            raise too_large(self.storage.max_file_size, size)
+        key = self.key(job_id, "input", name)
+        self._upload(path, key)
+        return {"url": self.url(key), "name": safe_filename(name), "size": size, "sha256": sha256_file(path)}
 
     # --- outputs ---------------------------------------------------------------------
 

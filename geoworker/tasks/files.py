@@ -66,6 +66,11 @@ def fetch_checked(ctx: TaskContext, backend):
     fetched = backend.fetch(ctx.job, Path(ctx.workdir) / "input")
     ctx.progress(4, "checking the input")
     check_input(fetched.path, ctx.settings.storage, fetched.content_type)
+    if fetched.sidecars and ctx.settings.storage.scan_command:
+        from geoworker.storage.checks import scan_file  # late, as above
+
+        for sidecar in fetched.sidecars:  # GDAL parses these too
+            scan_file(sidecar, ctx.settings.storage.scan_command)
     return fetched
 
 
@@ -99,7 +104,10 @@ def wants_download_urls(params: Mapping[str, Any]) -> bool:
 
 
 def input_doc(fetched) -> dict[str, Any]:
-    return {"name": fetched.path.name, "size": fetched.size, "sha256": fetched.sha256, "source": fetched.source}
+    doc = {"name": fetched.path.name, "size": fetched.size, "sha256": fetched.sha256, "source": fetched.source}
+    if fetched.sidecars:
+        doc["sidecars"] = [p.name for p in fetched.sidecars]
+    return doc
 
 
 def scaled_progress(ctx: TaskContext, low: int, high: int):
