@@ -133,7 +133,8 @@ def _int(name: str, value: Any, lo: int, hi: int) -> int:
     return value
 
 
-def _bool(name: str, value: Any) -> bool:
+def check_bool(name: str, value: Any) -> bool:
+    """A boolean parameter (true/false, yes/no, 1/0); BadParams naming it otherwise."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
@@ -143,7 +144,8 @@ def _bool(name: str, value: Any) -> bool:
     raise _bad(name, "true or false", value)
 
 
-def _choice(name: str, value: Any, choices: tuple[str, ...], aliases: Mapping[str, str] | None = None) -> str:
+def check_choice(name: str, value: Any, choices: tuple[str, ...], aliases: Mapping[str, str] | None = None) -> str:
+    """One of `choices` (case-insensitive, aliases resolved); BadParams naming the parameter otherwise."""
     text = value.strip().lower() if isinstance(value, str) else value
     if aliases and text in aliases:
         text = aliases[text]
@@ -195,7 +197,7 @@ def _colormap(value: Any) -> str | None:
 
     if value is None or value == "":
         return None
-    return _choice("colormap", value, tuple(sorted(COLORMAPS)), {"grey": "gray"})
+    return check_choice("colormap", value, tuple(sorted(COLORMAPS)), {"grey": "gray"})
 
 
 def _rpc_height(value: Any) -> float | None:
@@ -224,13 +226,13 @@ def check_option(name: str, value: Any) -> Any:
     if name == "rpc_height":
         return _rpc_height(value)
     if name in ("generate_thumbnails", "validate_headers"):
-        return _bool(name, value)
+        return check_bool(name, value)
     if name == "stretch":
-        return _choice(name, value, STRETCHES)
+        return check_choice(name, value, STRETCHES)
     if name == "output_format":
-        return _choice(name, value, OUTPUT_FORMATS, FORMAT_ALIASES)
+        return check_choice(name, value, OUTPUT_FORMATS, FORMAT_ALIASES)
     if name == "resampling":
-        choice = _choice(name, value, tuple(r.name for r in Resampling))
+        choice = check_choice(name, value, tuple(r.name for r in Resampling))
         if choice not in READ_RESAMPLINGS:
             raise _bad(name, "one of " + ", ".join(READ_RESAMPLINGS), value)
         return choice
