@@ -67,6 +67,16 @@ class UnknownTask(PermanentError):
     code = "unsupported"
 
 
+class DataRefused(PermanentError):
+    """The database refused a value: out of range, malformed, or not storable (SQLSTATE class 22).
+
+    What reaches the database should have been checked before; this is the one line for
+    whatever was not, never a traceback and never retried as if the database were away.
+    """
+
+    code = "invalid_input"
+
+
 class BadParams(PermanentError):
     """The job's parameters are invalid."""
 
