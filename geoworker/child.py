@@ -34,7 +34,7 @@ from geoworker import db, logs, tasks
 from geoworker.backoff import Backoff
 from geoworker.errors import DatabaseUnavailable, GeoworkerError, LockLost, describe
 from geoworker.jobs import Job
-from geoworker.lease import Lease, margin_for
+from geoworker.lease import Lease, lease_clock, margin_for
 from geoworker.queue import Queue, open_queue
 from geoworker.storage import open_backend
 from geoworker.storage.workdir import create_workdir, remove_workdir
@@ -174,7 +174,7 @@ class Child:
                 if self._next is not None:
                     job, sent, self._next = self._next, self._next_sent, None
                 else:
-                    sent = time.monotonic()  # the claim's now() is no earlier: the lease starts here
+                    sent = lease_clock()  # the claim's now() is no earlier: the lease starts here
                     job = self.queue.claim()
                 backoff.reset()
             except DatabaseUnavailable as exc:
@@ -217,9 +217,9 @@ class Child:
         """Run one job to its outcome.
 
         Args:
-            claimed: when the call that claimed it was sent (monotonic; default now): its lease starts there.
+            claimed: when the call that claimed it was sent (lease_clock(); default now): its lease starts there.
         """
-        self.lease = Lease(job.id, time.monotonic() if claimed is None else claimed, self.settings.worker.stale_after)
+        self.lease = Lease(job.id, lease_clock() if claimed is None else claimed, self.settings.worker.stale_after)
         self.current = job
         timeout = _timeout_param(job)
         self.send("busy", job=job.id, task=job.task_type, attempt=job.attempts, max_attempts=job.max_attempts,
@@ -279,7 +279,7 @@ class Child:
         if not go_on:
             self.queue.complete(job.id, result.outputs, result.result)
             return
-        sent = time.monotonic()
+        sent = lease_clock()
         completed, self._next = self.queue.complete_and_claim(job.id, result.outputs, result.result)
         self._next_sent = sent
         if not completed:
@@ -313,7 +313,7 @@ class Child:
         job = self.current
         if job is None:
             return
-        sent = time.monotonic()
+        sent = lease_clock()
         try:
             still_ours = self.queue.progress(job.id, percent, message)
         except DatabaseUnavailable as exc:
@@ -339,7 +339,7 @@ class Child:
             if os.getppid() != self.parent_pid:
                 os._exit(CHILD_ABORTED)
             job, lease = self._working, self.lease
-            if job is not None and lease is not None and lease.job_id == job.id and lease.expired(time.monotonic()):
+            if job is not None and lease is not None and lease.job_id == job.id and lease.expired(lease_clock()):
                 if self._fence(job, lease):
                     os.kill(os.getpid(), signal.SIGTERM)  # the main thread raises Fenced (see _on_term)
             if (now := time.monotonic()) >= next_ping:
@@ -364,7 +364,7 @@ class Child:
             if job is None or time.monotonic() < self._heartbeat_due:
                 continue
             self._heartbeat_due = time.monotonic() + w.heartbeat_interval
-            sent = time.monotonic()
+            sent = lease_clock()
             try:
                 if self.queue.heartbeat(job.id):
                     self._renew(job, sent)
@@ -386,7 +386,7 @@ class Child:
     def _check_lease(self) -> None:
         """Raise Fenced if the running job's lease has run out: called before anything is stored."""
         job, lease = self._working, self.lease
-        if job is not None and lease is not None and lease.job_id == job.id and lease.expired(time.monotonic()):
+        if job is not None and lease is not None and lease.job_id == job.id and lease.expired(lease_clock()):
             self._fence(job, lease)
             raise Fenced()
 
@@ -396,7 +396,7 @@ class Child:
             if self._fenced == job.id:
                 return False
             self._fenced = job.id
-        silent = lease.silent_for(time.monotonic())
+        silent = lease.silent_for(lease_clock())
         logger.bind(job=job.id).warning(
             f"job {job.id}: no heartbeat confirmed for {silent:.1f} s (worker.stale_after is "
             f"{lease.stale_after:g} s): stopping work on it and storing nothing more, so that another "

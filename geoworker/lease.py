@@ -15,10 +15,20 @@ is a pure function of the times given; tests/test_fencing.py drives it with plai
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 MIN_MARGIN = 0.5  # seconds: the fence is checked this often at least (child.py), so never less
 MAX_MARGIN = 30.0  # a long stale_after (minutes) needs no more slack than this
+
+
+def lease_clock() -> float:
+    """The leases' clock, in seconds: CLOCK_BOOTTIME where there is one, else monotonic.
+
+    BOOTTIME goes on counting while the machine is suspended, as the database's clock does on
+    its own machine: a host that wakes up finds its lease spent, not frozen where it slept.
+    """
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
 
 
 def margin_for(stale_after: float) -> float:
@@ -28,7 +38,7 @@ def margin_for(stale_after: float) -> float:
 
 @dataclass
 class Lease:
-    """One job's lease, in the child's CLOCK_MONOTONIC seconds.
+    """One job's lease, in lease_clock() seconds.
 
     Args:
         job_id: the job it is for.

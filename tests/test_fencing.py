@@ -46,6 +46,7 @@ def test_the_child_stops_before_another_host_may_rescue_the_job():
     assert margin_for(86400.0) == MAX_MARGIN and margin_for(1.0) == MIN_MARGIN
 
 
+
 # --- the service, its database gone quiet mid-job -----------------------------------------------
 
 
