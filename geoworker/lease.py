@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-MIN_MARGIN = 0.5  # seconds: the fence is checked this often at least (child.py), so never less
+MIN_MARGIN = 0.5  # seconds: twice child.FENCE_CHECK, so an expired lease is noticed within half the margin
 MAX_MARGIN = 30.0  # a long stale_after (minutes) needs no more slack than this
 
 
@@ -32,8 +32,9 @@ def lease_clock() -> float:
 
 
 def margin_for(stale_after: float) -> float:
-    """How long before stale_after a child stops: a quarter of it, within [MIN_MARGIN, MAX_MARGIN]."""
-    return max(MIN_MARGIN, min(MAX_MARGIN, stale_after / 4))
+    """How long before stale_after a child stops: a quarter of it, within [MIN_MARGIN, MAX_MARGIN]
+    (and never more than half of it, so that an absurdly short stale_after still leaves a lease)."""
+    return min(max(MIN_MARGIN, min(MAX_MARGIN, stale_after / 4)), stale_after / 2)
 
 
 @dataclass
