@@ -176,6 +176,8 @@ def check_json_safe(value: Any) -> None:
         if isinstance(item, str):
             if "\x00" in item:
                 raise BadParams("strings must not contain NUL characters", key=key)
+            if not _encodable(item):
+                raise BadParams("strings must be valid Unicode (no lone surrogates, no undecodable bytes)", key=key)
         elif isinstance(item, float):
             if not math.isfinite(item):
                 raise BadParams("numbers must be finite (no NaN or Infinity)", key=key)
@@ -186,3 +188,12 @@ def check_json_safe(value: Any) -> None:
                 stack.append((sub, depth + 1, top))
         elif isinstance(item, (list, tuple)):
             stack.extend((sub, depth + 1, key) for sub in item)
+
+
+def _encodable(text: str) -> bool:
+    # a lone surrogate (from a "\\ud800" escape, or an argv byte that is not UTF-8) has no UTF-8 form
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
