@@ -91,7 +91,7 @@ def test_a_supervisor_settles_and_releases_its_childrens_jobs_over_http(api, que
     supervisor = remote(api, "host:77:tag")
     assert child.claim().id == first.id
     ended = supervisor.end_attempt(first.id, 1, holder="host:tag:77", code="crashed",
-                                   message="the worker process died (killed by signal 9 (SIGKILL))", reason="crashed")
+                                   message="the worker process died (killed by signal 9 (SIGKILL))", reason="crashed", min_delay=60)  # not ready again before the summary below
     assert (ended.status, ended.error_code, ended.locked_by) == ("queued", "crashed", None)
     settled = db.events(first.id)[-1]
     assert settled["kind"] == "retry_scheduled" and settled["worker"] == "host:77:tag"
