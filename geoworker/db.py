@@ -30,6 +30,9 @@ from geoworker.errors import ConfigError, DatabaseUnavailable, first_line
 
 LISTEN_CHANNEL = "geoworker_jobs"
 CANCEL_CHANNEL = "geoworker_cancel"
+# sent by triggers (migration 0004): a job's status or progress changed; the worker table changed
+JOB_CHANGES_CHANNEL = "geoworker_job_changes"
+WORKER_CHANGES_CHANNEL = "geoworker_worker_changes"
 MIGRATIONS_TABLE = "geo_schema_migrations"
 # serialises `migrate` across hosts that start at the same time
 MIGRATE_LOCK_KEY = 0x67656F776B  # "geowk"
