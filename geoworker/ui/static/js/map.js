@@ -29,7 +29,7 @@ export function showOutput(element, { imageUrl, bounds, tilejson, imageCrs }) {
     layer = L.tileLayer(tilejson.tiles[0], {
       minZoom: 0, maxZoom: Math.max(22, tilejson.maxzoom || 0), minNativeZoom: tilejson.minzoom,
       maxNativeZoom: tilejson.maxzoom, bounds: latLngBox, tms: tilejson.scheme === "tms",
-      attribution: tilejson.attribution || "",
+      attribution: escapeHtml(tilejson.attribution || ""), // Leaflet shows attributions as HTML
     });
   } else {
     layer = L.imageOverlay(imageUrl, L.latLngBounds([box[1], box[0]], [box[3], box[2]]),
@@ -44,4 +44,10 @@ export function showOutput(element, { imageUrl, bounds, tilejson, imageCrs }) {
   const handle = { map, layer, bounds: box, destroy: () => map.remove() };
   window.geoworkerMap = handle; // for tests and the curious: the live Leaflet objects
   return handle;
+}
+
+function escapeHtml(text) {
+  const span = document.createElement("span");
+  span.textContent = String(text);
+  return span.innerHTML;
 }
