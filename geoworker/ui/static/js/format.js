@@ -55,3 +55,9 @@ export function shortId(id) {
 export function degrees(value) {
   return Number(value).toFixed(5) + "°";
 }
+
+/** last_error is "<code>: <message>"; the code is shown beside it already. */
+export function errorText(code, error) {
+  const text = String(error || "");
+  return code && text.startsWith(`${code}: `) ? text.slice(code.length + 2) : text;
+}

@@ -3,7 +3,7 @@
 
 import { api, ApiError } from "../api.js";
 import { h, progressBar, replace, setProgress, throttle } from "../dom.js";
-import { ago, between, bytes, dateTime, degrees, duration, shortId } from "../format.js";
+import { ago, between, bytes, dateTime, degrees, duration, errorText, shortId } from "../format.js";
 import { showOutput } from "../map.js";
 import { url } from "../router.js";
 import { isOperator } from "../session.js";
@@ -105,7 +105,7 @@ export function render(root, { params }) {
     if (job.errorCode) {
       replace(errorBox, h("h2", { text: "Error" }),
               h("p", {}, h("code", { class: "error-code", text: job.errorCode })),
-              h("p", { class: "error-message", text: job.error || "" }));
+              h("p", { class: "error-message", text: errorText(job.errorCode, job.error) }));
     }
     fill(paramsList, Object.entries(job.inputPayload || {}).map(([k, v]) => [k, JSON.stringify(v)]), "none: the task's defaults");
     paintMetadata(job.result && job.result.metadata);

@@ -3,7 +3,7 @@
 
 import { api } from "../api.js";
 import { h, progressBar, replace } from "../dom.js";
-import { ago, bytes, duration, shortId } from "../format.js";
+import { ago, bytes, duration, errorText, shortId } from "../format.js";
 import { finishedChart } from "../chart.js";
 import { url } from "../router.js";
 import { isOperator } from "../session.js";
@@ -57,7 +57,7 @@ export function render(root) {
       : h("tr", {}, h("td", { colspan: 4, class: "muted", text: "No job succeeded in the last hour." })));
     replace(failures, o.recentFailures.length ? o.recentFailures.map((f) => h("tr", { dataset: { jobId: f.id } },
       h("td", {}, h("a", { href: url(`/ui/jobs/${f.id}`), "data-nav": true, class: "mono", text: shortId(f.id) })),
-      h("td", { text: f.taskType }), h("td", {}, h("code", { text: f.errorCode || "–" }), " ", h("span", { class: "muted", text: f.error || "" })),
+      h("td", { text: f.taskType }), h("td", {}, h("code", { text: f.errorCode || "–" }), " ", h("span", { class: "muted", text: errorText(f.errorCode, f.error) })),
       h("td", { title: f.finishedAt, text: ago(f.finishedAt) })))
       : h("tr", {}, h("td", { colspan: 4, class: "muted", text: "No failures." })));
   }
