@@ -334,6 +334,30 @@ def cmd_api(args) -> int:
     return serve(load(args, announce=False), host=args.host, port=args.port)  # the service logs its warnings
 
 
+def cmd_token(args) -> int:
+    """A JWT for the API and the dashboard, signed with api.jwt_secret; --link: the sign-in URL."""
+    from geoworker import tokens
+
+    settings = load(args)
+    if not settings.api.jwt_secret:
+        raise ConfigError("api.jwt_secret: required to sign a token (GEOWORKER_API_JWT_SECRET)")
+    try:
+        token = tokens.mint(settings.api.jwt_secret, args.user, operator=args.operator, ttl=args.ttl)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(tokens.sign_in_link(api_base(settings), token) if args.link else token)
+    return 0
+
+
+def api_base(settings) -> str:
+    """Where people reach the API: api.base_url, else api.host:api.port (a wildcard host as loopback)."""
+    if settings.api.base_url:
+        return settings.api.base_url.rstrip("/")
+    host = settings.api.host
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, f"[{host}]" if ":" in host else host)
+    return f"http://{host}:{settings.api.port}"
+
+
 # --- the parser -------------------------------------------------------------------------
 
 
@@ -398,6 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("api", cmd_api, "run the HTTP API server (api.host:api.port)")
     p.add_argument("--host", help="address to listen on (default: api.host)")
     p.add_argument("--port", type=int, help="port to listen on (default: api.port)")
+    p = add("token", cmd_token, "print a JWT for the API and the dashboard (signed with api.jwt_secret)")
+    p.add_argument("--user", required=True, metavar="NAME", help="the token's subject: whose jobs it sees")
+    p.add_argument("--operator", action="store_true", help='an operator\'s token ("role": "operator"): every job')
+    p.add_argument("--ttl", type=float, default=8 * 3600, metavar="SECONDS", help="valid this long (default 8 h)")
+    p.add_argument("--link", action="store_true", help="print the dashboard's sign-in URL (<api>/ui#token=...)")
     p = add("demo", cmd_demo, "make a sample GeoTIFF, run it through the queue, show the outputs")
     p.add_argument("--keep-going", action="store_true", help="leave the service running afterwards (Ctrl-C stops)")
     return parser

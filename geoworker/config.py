@@ -226,6 +226,23 @@ class ApiSettings:
     max_body_bytes: int = _opt(_upto(_positive, 1 << 30, " bytes"), default=1048576)
 
 
+def _tile_template(value: str) -> str | None:
+    if not value:
+        return None
+    if not value.startswith(("https://", "http://")):
+        return "must be an http(s) URL"
+    if not all(part in value for part in ("{z}", "{x}", "{y}")):
+        return "must be a tile URL template with {z}, {x} and {y}"
+    return None
+
+
+@dataclass(frozen=True)
+class UiSettings:
+    # the dashboard's map background; empty: a plain background, and no request leaves the API
+    basemap_url: str = _opt(_tile_template, default="")
+    basemap_attribution: str = ""
+
+
 SECTIONS: dict[str, type] = {
     "worker": WorkerSettings,
     "retry": RetrySettings,
@@ -236,6 +253,7 @@ SECTIONS: dict[str, type] = {
     "logging": LoggingSettings,
     "metrics": MetricsSettings,
     "api": ApiSettings,
+    "ui": UiSettings,
 }
 
 
@@ -250,6 +268,7 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    ui: UiSettings = field(default_factory=UiSettings)
     # where the settings came from: the config file (or None) and the directory
     # relative paths were resolved against
     config_path: str | None = None
@@ -292,7 +311,7 @@ def _values(section: str, obj: Any, mask_secrets: bool) -> dict[str, Any]:
         if mask_secrets and value:
             if f.metadata.get("secret"):
                 value = mask_dsn(value) if f.name == "dsn" else MASK
-            elif section == "api" and f.name == "base_url":
+            elif (section, f.name) in (("api", "base_url"), ("ui", "basemap_url")):
                 value = strip_url_secrets(value)
         values[f.name] = list(value) if isinstance(value, tuple) else value
     return values

@@ -345,10 +345,9 @@ class JobQueue:
             raise InvalidState(f"job {job_id} is already {self.get(job_id).status}; nothing to cancel")
         return Job.from_row(rows[0])
 
-    def retry_now(self, job_id: str) -> Job:
-        """Queue a failed or cancelled job again with fresh attempts."""
-        if not _is_uuid(job_id):
-            raise JobNotFound(f"no job {job_id!r} (a job id is a UUID)")
+    def retry_now(self, job_id: str, owner: str | None = None) -> Job:
+        """Queue a failed or cancelled job again with fresh attempts (only `owner`'s, when given)."""
+        self.get(job_id, owner=owner)  # JobNotFound for a stranger's job or a malformed id
         rows = self._run("retry_job", {"id": job_id, "actor": self.worker_id})
         if not rows:
             raise InvalidState(f"job {job_id} is {self.get(job_id).status}; only failed or cancelled jobs can be retried")
@@ -369,8 +368,11 @@ class JobQueue:
             raise JobNotFound(f"no job {job_id}")
         return Job.from_row(rows[0])
 
-    def list(self, status: str | None = None, limit: int = 50, owner: str | None = None) -> list[Job]:
-        rows = self._run("list_jobs", {"status": status, "limit": int(limit), "owner": owner})
+    def list(self, status: str | None = None, limit: int = 50, owner: str | None = None,
+             task: str | None = None, offset: int = 0) -> list[Job]:
+        """The newest jobs first, `limit` of them after skipping `offset`."""
+        rows = self._run("list_jobs", {"status": status, "limit": int(limit), "owner": owner, "task": task,
+                                       "offset": int(offset)})
         return [Job.from_row(r) for r in rows]
 
     def events(self, job_id: str, owner: str | None = None) -> list[dict[str, Any]]:
@@ -409,6 +411,20 @@ class JobQueue:
             "queue": self.summary(),
             "workers": workers,
         }
+
+    def finished_per_minute(self, minutes: int = 60) -> list[dict[str, Any]]:
+        """[{minute, succeeded, failed}] for each of the last `minutes` minutes, oldest first, zeros included."""
+        return [{"minute": r["minute"], "succeeded": int(r["succeeded"]), "failed": int(r["failed"])}
+                for r in self._run("finished_per_minute", {"minutes": int(minutes)})]
+
+    def recent_failures(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The jobs that failed for good most recently: id, task_type, error_code, last_error, ..."""
+        return [{**r, "id": str(r["id"])} for r in self._run("recent_failures", {"limit": int(limit)})]
+
+    def worker_board(self, window: float = 120.0) -> list[dict[str, Any]]:
+        """Processes seen within `window` s, each with the running job it holds (job_* keys, or None)."""
+        return [{**r, "job_id": str(r["job_id"]) if r["job_id"] else None}
+                for r in self._run("worker_board", {"window": window})]
 
     # --- processes ----------------------------------------------------------------------
 

@@ -194,12 +194,12 @@ def test_user_routes_refuse_missing_bad_expired_and_foreign_credentials(api):
     # another user's job is not there at all, whatever the route
     for method, suffix, payload in (("GET", "", None), ("GET", "/events", None), ("GET", "/download/output", None),
                                     ("POST", "/upload", {"fileName": "a.tif", "fileSize": 10}),
-                                    ("POST", "/cancel", None)):
+                                    ("POST", "/cancel", None), ("POST", "/retry", None)):
         r = requests.request(method, url + suffix, json=payload, headers=bearer("mallory"), timeout=10)
         assert_error(r, 404, "not_found")
     assert requests.get(url, headers=bearer("alice"), timeout=10).status_code == 200
     listed = requests.get(api.url(GEO_JOBS), headers=bearer("mallory"), timeout=10).json()
-    assert listed == {"jobs": []}
+    assert listed["jobs"] == [] and listed["nextOffset"] is None
     assert_error(requests.get(api.url(f"{GEO_JOBS}/{uuid.uuid4()}"), headers=bearer(), timeout=10), 404)
     assert_error(requests.get(api.url(f"{GEO_JOBS}/not-a-uuid"), headers=bearer(), timeout=10), 404)
 

@@ -4,6 +4,10 @@
     user.py     the platform's routes: /api/geo-jobs ... (Bearer JWT)
     files.py    the signed URLs: PUT /api/uploads/..., GET /api/files/...
     worker.py   /api/internal/... for remote workers (Worker token + X-Geoworker-Worker)
+    meta.py     /api/me, /api/tasks (the task registry's parameters, for the upload form)
+    ops.py      /api/overview, /api/workers (operators)
+    stream.py   /api/stream: Server-Sent Events of job and worker changes (LISTEN/NOTIFY)
+    ui.py       the dashboard at /ui (pages, static files, Leaflet, security headers)
     auth.py     who is calling; errors.py the one error shape; schemas.py request/response bodies
     views.py    a job as a user sees it; wire.py the camelCase wire format (shared with geoworker.remote)
     state.py    connection pool, NOTIFY listener, stale-job rescuer

@@ -18,7 +18,8 @@ from geoworker.api.state import ApiState
 
 DESCRIPTION = """\
 geoworker's HTTP API: the platform's job routes (Bearer JWT), signed upload and download
-URLs, and the internal routes remote workers claim and report through (Worker token).
+URLs, the internal routes remote workers claim and report through (Worker token), and what
+the dashboard at /ui reads (tasks, overview, workers, a live stream).
 Errors are always `{"error": code, "message": text[, "field": name]}`.
 """
 UNLIMITED_PREFIXES = ("/api/uploads/",)  # capped by the signed size and storage.max_file_size instead
@@ -95,27 +96,35 @@ class AccessLog:
 
 def create_app(settings, dsn: str | None = None) -> FastAPI:
     """The application for `settings` (dsn: the database to use, default the configured one)."""
-    from geoworker.api import files, tiles, user, worker
+    from geoworker.api import files, meta, ops, stream, tiles, ui, user, worker
 
     state = ApiState(settings, dsn)
+    broadcaster = stream.Broadcaster(state)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, state.start, loop)
+        broadcaster.start()
         try:
             yield
         finally:
+            await broadcaster.stop()
             await loop.run_in_executor(None, state.stop)
 
     app = FastAPI(title="geoworker API", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
     app.state.api = state
+    app.state.stream = broadcaster
     errors.install(app)
     app.include_router(user.router)
     app.include_router(files.router)
     app.include_router(worker.router)
     app.include_router(tiles.router)
+    app.include_router(meta.router)
+    app.include_router(ops.router)
+    app.include_router(stream.router)
+    ui.install(app, settings)
 
     @app.get("/health", response_model=Health, tags=["health"], summary="Database reachable, schema current",
              responses={503: {"model": Health, "description": "unhealthy"}})

@@ -2,7 +2,9 @@
 
 Users: `Authorization: Bearer <JWT>`, HS256 with api.jwt_secret; the signature, `exp`
 (required) and `sub` (required: the owner of the jobs the user creates and sees) are
-checked, with no leeway beyond a few seconds of clock skew.
+checked, with no leeway beyond a few seconds of clock skew. A token with the claim
+`"role": "operator"` is an operator's: it sees and acts on every job, and reads the
+service-wide routes (overview, workers); everyone else sees their own jobs only.
 
 Workers: `Authorization: Worker <api.worker_token>`, compared in constant time, plus
 `X-Geoworker-Worker: <worker id>`, the id the worker holds its jobs under (locked_by).
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hmac
 import re
 import warnings
+from dataclasses import dataclass
 
 import jwt
 from fastapi import Depends, Header, Request, Security
@@ -23,6 +26,7 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 
 from geoworker.api.errors import ApiError, unauthorized
 from geoworker.api.wire import WORKER_HEADER, WORKER_ID_PATTERN, WORKER_SCHEME
+from geoworker.tokens import OPERATOR_ROLE
 
 CLOCK_SKEW = 5  # seconds of leeway on exp/nbf/iat
 MAX_SUBJECT = 200
@@ -41,8 +45,36 @@ def _split(request: Request) -> tuple[str, str]:
     return scheme.lower(), credentials.strip()
 
 
-def current_user(request: Request, _credentials=Security(bearer_scheme)) -> str:
-    """The `sub` of a valid Bearer token; 401 otherwise."""
+@dataclass(frozen=True)
+class Viewer:
+    """Who is looking: a user (their own jobs) or an operator (every job).
+
+    Attributes:
+        sub: the token's subject, the owner of the jobs the viewer creates.
+        operator: the token carries "role": "operator".
+        expires: the token's exp (unix time): a live stream ends then.
+    """
+
+    sub: str
+    operator: bool = False
+    expires: float = 0.0
+
+    @property
+    def scope(self) -> str | None:
+        """The owner filter for this viewer's reads: None (every job) for an operator."""
+        return None if self.operator else self.sub
+
+    @property
+    def actor(self) -> str:
+        """What the viewer's actions are recorded as in a job's events."""
+        return f"{'operator' if self.operator else 'user'}:{self.sub}"
+
+    def may_see(self, owner: str | None) -> bool:
+        return self.operator or owner == self.sub
+
+
+def _claims(request: Request) -> dict:
+    """The claims of a valid Bearer token; 401 otherwise."""
     scheme, token = _split(request)
     if scheme != "bearer" or not token:
         said = f"a {scheme.title()} credential" if scheme else "no credentials"
@@ -64,7 +96,27 @@ def current_user(request: Request, _credentials=Security(bearer_scheme)) -> str:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject or len(subject) > MAX_SUBJECT or "\x00" in subject:
         raise unauthorized("the token's sub must be a non-empty string", 'Bearer error="invalid_token"')
-    return subject
+    return claims
+
+
+def current_user(request: Request, _credentials=Security(bearer_scheme)) -> str:
+    """The `sub` of a valid Bearer token; 401 otherwise."""
+    return _claims(request)["sub"]
+
+
+def current_viewer(request: Request, _credentials=Security(bearer_scheme)) -> Viewer:
+    """The viewer a valid Bearer token names (user or operator); 401 otherwise."""
+    claims = _claims(request)
+    exp = claims["exp"]
+    return Viewer(claims["sub"], claims.get("role") == OPERATOR_ROLE,
+                  float(exp) if isinstance(exp, (int, float)) else 0.0)
+
+
+def current_operator(viewer: Viewer = Depends(current_viewer)) -> Viewer:
+    """An operator's viewer; 403 for anyone else (the route is not about their jobs)."""
+    if not viewer.operator:
+        raise ApiError(403, 'this route is for operators (a token with "role": "operator")')
+    return viewer
 
 
 def check_worker_token(request: Request, _credentials=Security(worker_scheme)) -> None:

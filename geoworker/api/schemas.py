@@ -84,10 +84,13 @@ class JobView(BaseModel):
     runAt: Optional[str] = None
     startedAt: Optional[str] = None
     finishedAt: Optional[str] = None
+    owner: Optional[str] = None
 
 
 class JobList(BaseModel):
     jobs: list[JobView]
+    offset: int = 0
+    nextOffset: Optional[int] = Field(None, description="the offset of the next page, or null on the last")
 
 
 class EventView(BaseModel):
@@ -191,3 +194,36 @@ class QueueSummary(BaseModel):
 class Ok(BaseModel):
     ok: bool = True
     worker: Optional[str] = None
+
+
+# --- dashboard routes ------------------------------------------------------------------
+
+
+class Me(BaseModel):
+    sub: str
+    operator: bool
+    expiresAt: Optional[str] = None
+
+
+class TaskCatalog(BaseModel):
+    tasks: list[dict[str, Any]]
+    limits: dict[str, Any]
+
+
+class Overview(BaseModel):
+    generatedAt: str
+    counts: dict[str, int]
+    queue: dict[str, Any]
+    windowSeconds: float
+    finished: dict[str, int]
+    perMinute: list[dict[str, Any]]
+    durations: list[dict[str, Any]]
+    failureReasons: dict[str, int]
+    recentFailures: list[dict[str, Any]]
+    workersAlive: int
+
+
+class WorkerBoard(BaseModel):
+    generatedAt: str
+    windowSeconds: float
+    workers: list[dict[str, Any]]

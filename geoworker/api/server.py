@@ -42,6 +42,20 @@ def check_settings(settings) -> None:
         logger.info("api.worker_token is empty: the worker routes are off")
 
 
+def _server(config, on_exit):
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn waits for open responses before it stops, and the dashboard's live streams never
+        end by themselves: end them at the first TERM/INT, so a restart takes no longer for them."""
+
+        def handle_exit(self, sig, frame) -> None:
+            on_exit()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
 def serve(settings, host: str | None = None, port: int | None = None) -> int:
     import uvicorn
 
@@ -61,6 +75,8 @@ def serve(settings, host: str | None = None, port: int | None = None) -> int:
     host = host or settings.api.host
     port = settings.api.port if port is None else port
     logger.info(f"geoworker API on http://{host}:{port} (OpenAPI at /openapi.json)")
-    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, server_header=False,
-                timeout_graceful_shutdown=10, lifespan="on")
-    return 0
+    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_config=None, server_header=False,
+                            timeout_graceful_shutdown=10, lifespan="on")
+    server = _server(config, app.state.stream.close_threadsafe)
+    server.run()
+    return 0 if server.started else 3  # uvicorn's own exit code for a server that could not start

@@ -2,8 +2,9 @@
 
 Requests run in a thread pool; each borrows a JobQueue (one connection each) from a small
 pool for the length of the request, with its identity (the actor written to events, or
-the worker's lock id) set for that request. The listener thread turns NOTIFY into wake-ups
-for long-polling claims; the rescuer thread (geoworker.rescue, as every supervisor runs it)
+the worker's lock id) set for that request. The listener thread (one connection per process)
+turns NOTIFY into wake-ups for long-polling claims and into the live stream's job and worker
+changes (api.stream); the rescuer thread (geoworker.rescue, as every supervisor runs it)
 rescues stale jobs, because remote workers (queue.mode = "http") cannot: the API is the
 only part of their fleet with the database.
 """
@@ -15,7 +16,7 @@ import contextlib
 import os
 import queue as stdqueue
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from loguru import logger
 
@@ -69,16 +70,31 @@ class QueuePool:
                 return
 
 
-class Notifier:
-    """A thread LISTENing for new claimable jobs; long-polling claims await its wake-ups."""
+Notes = list[tuple[str, str]]
+CHANNELS = (db.LISTEN_CHANNEL, db.JOB_CHANGES_CHANNEL, db.WORKER_CHANGES_CHANNEL)
 
-    def __init__(self, settings, dsn: str):
+
+class Notifier:
+    """A thread LISTENing for the process: new claimable jobs wake long-polling claims, and every
+    notification goes to the subscribers (the live stream) on the event loop.
+
+    A subscriber's `on_notes(notes)` gets each batch; `on_gap()` is called after the listening
+    connection was lost and is back: whatever was sent meanwhile is gone, so show state afresh.
+    """
+
+    def __init__(self, settings, dsn: str, channels: tuple[str, ...] = CHANNELS):
         self.settings = settings
         self.dsn = dsn
+        self.channels = channels
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._subscribers: list[tuple[Callable[[Notes], None], Callable[[], None]]] = []
+
+    def subscribe(self, on_notes: Callable[[Notes], None], on_gap: Callable[[], None]) -> None:
+        """Both run on the event loop; subscribe before start()."""
+        self._subscribers.append((on_notes, on_gap))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -107,25 +123,39 @@ class Notifier:
         if old is not None:
             old.set()
 
+    def _deliver(self, notes: Notes, gap: bool) -> None:  # on the event loop
+        if any(channel == db.LISTEN_CHANNEL for channel, _ in notes):
+            self._fire()
+        for on_notes, on_gap in self._subscribers:
+            try:
+                if gap:
+                    on_gap()
+                if notes:
+                    on_notes(notes)
+            except Exception:  # one broken subscriber must not stop the claims' wake-ups
+                logger.exception("a notification subscriber failed")
+
     def _run(self) -> None:
         queue = JobQueue.from_settings(self.settings, "api-listen", f"geoworker-api-listen-{os.getpid()}",
                                        dsn=self.dsn, statement_timeout=STATEMENT_TIMEOUT)
         backoff = Backoff(first=1.0, cap=30.0)
-        listening = False
+        listening = lost = False
         while not self._stop.is_set():
             try:
                 if not listening:  # once: after a reconnect the queue subscribes again by itself
-                    queue.listen()
+                    queue.listen(*self.channels)
                     listening = True
                 notes = queue.wait(1.0)
                 backoff.reset()
             except DatabaseUnavailable as exc:
+                lost = True
                 delay = backoff.next_delay()
                 logger.warning(f"job notifications unavailable, retrying in {delay:.0f} s: {exc}")
                 self._stop.wait(delay)
                 continue
-            if notes and self._loop is not None:
-                self._loop.call_soon_threadsafe(self._fire)
+            if (notes or lost) and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._deliver, notes, lost)
+            lost = False
         queue.close()
 
 

@@ -1,7 +1,8 @@
 """The platform's user routes: create a job, get an upload URL, follow it, download its outputs.
 
 Every route takes `Authorization: Bearer <JWT>`; a user sees only jobs whose owner is
-their `sub`, and anyone else's job answers 404 exactly as a job that does not exist.
+their `sub`, and anyone else's job answers 404 exactly as a job that does not exist. An
+operator's token ("role": "operator") sees, cancels and retries every job.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Literal, Optional
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from geoworker.api.auth import current_user
+from geoworker.api.auth import Viewer, current_user, current_viewer
 from geoworker.api.errors import ApiError, check_json
 from geoworker.api.schemas import CreateJob, Downloads, EventList, JobList, JobView, UploadGrant, UploadRequest
 from geoworker.api.state import ApiState
@@ -26,14 +27,16 @@ UPLOAD_PREFIX = "/api/uploads"
 FILES_PREFIX = "/api/files"
 AUTH_ERRORS = {401: {"description": "no, expired or invalid token"}}
 NOT_FOUND = {404: {"description": "no such job (or not yours)"}}
+TASK_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
 
 
 def api_state(request: Request) -> ApiState:
     return request.app.state.api
 
 
-def own_job(state: ApiState, job_id: str, owner: str) -> Job:
-    with state.pool.lease(f"user:{owner}") as queue:
+def own_job(state: ApiState, job_id: str, owner: str | None) -> Job:
+    """The job, if `owner` may see it (None: an operator, who sees every job); JobNotFound otherwise."""
+    with state.pool.lease(f"user:{owner}" if owner else "operator") as queue:
         return queue.get(job_id, owner=owner)
 
 
@@ -77,38 +80,52 @@ def create_job(body: CreateJob, request: Request, response: Response, owner: str
     return user_job(job)
 
 
-@router.get("", response_model=JobList, summary="List my jobs", responses=AUTH_ERRORS)
-def list_jobs(request: Request, owner: str = Depends(current_user),
+@router.get("", response_model=JobList, summary="List my jobs (an operator: every job)", responses=AUTH_ERRORS)
+def list_jobs(request: Request, viewer: Viewer = Depends(current_viewer),
               status: Optional[Literal[tuple(s.value for s in Status)]] = None,  # type: ignore[valid-type]
-              limit: int = Query(50, ge=1, le=500)):
+              task: Optional[str] = Query(None, pattern=TASK_PATTERN, description="only jobs of this task type"),
+              limit: int = Query(50, ge=1, le=500),
+              offset: int = Query(0, ge=0, le=1_000_000, description="skip this many (paging)")):
+    """Newest first; `nextOffset` is where the next page starts, null on the last page."""
     state = api_state(request)
-    with state.pool.lease(f"user:{owner}") as queue:
-        jobs = queue.list(status=status, limit=limit, owner=owner)
-    return {"jobs": [user_job(j) for j in jobs]}
+    with state.pool.lease(viewer.actor) as queue:
+        jobs = queue.list(status=status, limit=limit + 1, owner=viewer.scope, task=task, offset=offset)
+    more = len(jobs) > limit
+    return {"jobs": [user_job(j) for j in jobs[:limit]], "offset": offset,
+            "nextOffset": offset + limit if more else None}
 
 
 @router.get("/{job_id}", response_model=JobView, summary="Get a job", responses={**AUTH_ERRORS, **NOT_FOUND})
-def get_job(job_id: str, request: Request, owner: str = Depends(current_user)):
+def get_job(job_id: str, request: Request, viewer: Viewer = Depends(current_viewer)):
     """Status, progress, attempts, error and outputs."""
-    return user_job(own_job(api_state(request), job_id, owner))
+    return user_job(own_job(api_state(request), job_id, viewer.scope))
 
 
 @router.get("/{job_id}/events", response_model=EventList, summary="A job's history",
             responses={**AUTH_ERRORS, **NOT_FOUND})
-def job_events(job_id: str, request: Request, owner: str = Depends(current_user)):
+def job_events(job_id: str, request: Request, viewer: Viewer = Depends(current_viewer)):
     state = api_state(request)
-    with state.pool.lease(f"user:{owner}") as queue:
-        events = queue.events(job_id, owner=owner)
+    with state.pool.lease(viewer.actor) as queue:
+        events = queue.events(job_id, owner=viewer.scope)
     return {"jobId": job_id, "events": events}
 
 
 @router.post("/{job_id}/cancel", response_model=JobView, summary="Cancel a job",
              responses={**AUTH_ERRORS, **NOT_FOUND, 409: {"description": "the job has already finished"}})
-def cancel_job(job_id: str, request: Request, owner: str = Depends(current_user)):
+def cancel_job(job_id: str, request: Request, viewer: Viewer = Depends(current_viewer)):
     """A pending or queued job is cancelled at once; a running one is stopped by its worker's supervisor."""
     state = api_state(request)
-    with state.pool.lease(f"user:{owner}") as queue:
-        return user_job(queue.cancel(job_id, reason=f"cancelled by {owner}", owner=owner))
+    with state.pool.lease(viewer.actor) as queue:
+        return user_job(queue.cancel(job_id, reason=f"cancelled by {viewer.sub}", owner=viewer.scope))
+
+
+@router.post("/{job_id}/retry", response_model=JobView, summary="Retry a failed or cancelled job",
+             responses={**AUTH_ERRORS, **NOT_FOUND, 409: {"description": "the job is not failed or cancelled"}})
+def retry_job(job_id: str, request: Request, viewer: Viewer = Depends(current_viewer)):
+    """Queue the job again with a fresh set of attempts, as `geoworker retry` does."""
+    state = api_state(request)
+    with state.pool.lease(viewer.actor) as queue:
+        return user_job(queue.retry_now(job_id, owner=viewer.scope))
 
 
 @router.post("/{job_id}/upload", response_model=UploadGrant, summary="Get a signed upload URL",
@@ -148,10 +165,10 @@ def upload_url(job_id: str, body: UploadRequest, request: Request, owner: str = 
 
 @router.get("/{job_id}/download/output", response_model=Downloads, summary="Signed download URLs of the outputs",
             responses={**AUTH_ERRORS, **NOT_FOUND, 409: {"description": "the job has not succeeded"}})
-def download_outputs(job_id: str, request: Request, owner: str = Depends(current_user)):
+def download_outputs(job_id: str, request: Request, viewer: Viewer = Depends(current_viewer)):
     """Every output: served by this API (local storage) or presigned (s3), valid storage.presign_expiry s."""
     state = api_state(request)
-    job = own_job(state, job_id, owner)
+    job = own_job(state, job_id, viewer.scope)
     if job.status != Status.SUCCEEDED.value:
         raise ApiError(409, f"job {job.id} is {job.status}; its outputs are ready once it has succeeded",
                        code="invalid_state")

@@ -6,9 +6,10 @@ geo_jobs column -> JSON field:
     error_code -> errorCode, last_error -> error, input -> input {fileName, fileSize,
     contentType, sha256}, outputs -> outputs {kind: fileName}, result -> result (as stored,
     minus where the input lay on the server), created_at/updated_at/run_at/started_at/
-    finished_at -> createdAt/updatedAt/runAt/startedAt/finishedAt (ISO 8601).
-Not shown: owner (it is the caller), locked_by and heartbeat_at (worker internals), and
-storage paths or URLs (downloads go through signed URLs).
+    finished_at -> createdAt/updatedAt/runAt/startedAt/finishedAt (ISO 8601), owner (the
+    caller itself, or for an operator whoever created the job; null for a CLI job).
+Not shown: locked_by and heartbeat_at (worker internals), and storage paths or URLs
+(downloads go through signed URLs).
 """
 
 from __future__ import annotations
@@ -83,4 +84,5 @@ def user_job(job: Job) -> dict[str, Any]:
         "runAt": _iso(job.run_at),
         "startedAt": _iso(job.started_at),
         "finishedAt": _iso(job.finished_at),
+        "owner": job.owner,
     }

@@ -253,12 +253,13 @@ RETURNING id;
 SELECT * FROM geo_jobs WHERE id = %(id)s AND (%(owner)s::text IS NULL OR owner = %(owner)s);
 
 -- name: list_jobs
--- The newest jobs, optionally of one status and one owner.
+-- The newest jobs, optionally of one status, one task and one owner, a page at a time.
 SELECT * FROM geo_jobs
 WHERE (%(status)s::text IS NULL OR status = %(status)s)
   AND (%(owner)s::text IS NULL OR owner = %(owner)s)
-ORDER BY created_at DESC
-LIMIT %(limit)s;
+  AND (%(task)s::text IS NULL OR task_type = %(task)s)
+ORDER BY created_at DESC, id
+LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: job_events
 -- A job's history in order.
@@ -299,6 +300,40 @@ GROUP BY task_type ORDER BY task_type;
 SELECT error_code, count(*) AS n FROM geo_jobs
 WHERE status = 'failed' AND finished_at > now() - make_interval(secs => %(window)s)
 GROUP BY error_code ORDER BY n DESC;
+
+-- name: finished_per_minute
+-- Jobs that ended succeeded or failed in each of the last N minutes, this one included (oldest first).
+SELECT m.minute,
+       count(j.id) FILTER (WHERE j.status = 'succeeded') AS succeeded,
+       count(j.id) FILTER (WHERE j.status = 'failed') AS failed
+FROM generate_series(date_trunc('minute', now()) - make_interval(mins => %(minutes)s - 1),
+                     date_trunc('minute', now()), interval '1 minute') AS m(minute)
+LEFT JOIN geo_jobs AS j
+       ON j.finished_at >= m.minute AND j.finished_at < m.minute + interval '1 minute'
+      AND j.status IN ('succeeded', 'failed')
+GROUP BY m.minute ORDER BY m.minute;
+
+-- name: recent_failures
+-- The jobs that failed for good most recently, with their error.
+SELECT id, task_type, error_code, last_error, attempts, finished_at, owner
+FROM geo_jobs
+WHERE status = 'failed' AND finished_at IS NOT NULL
+ORDER BY finished_at DESC
+LIMIT %(limit)s;
+
+-- name: worker_board
+-- Live processes with the running job each holds (locked_by is the truth; current_job lags a touch).
+SELECT w.id, w.host, w.pid, w.kind, w.parent_id, w.started_at, w.last_seen, w.rss, w.jobs_done,
+       j.id AS job_id, j.task_type AS job_task, j.progress AS job_progress,
+       j.progress_message AS job_message, j.started_at AS job_started_at
+FROM geo_workers AS w
+LEFT JOIN LATERAL (
+    SELECT id, task_type, progress, progress_message, started_at FROM geo_jobs
+    WHERE status = 'running' AND locked_by = w.id
+    ORDER BY started_at LIMIT 1
+) AS j ON true
+WHERE w.stopped_at IS NULL AND w.last_seen > now() - make_interval(secs => %(window)s)
+ORDER BY w.host, w.kind DESC, w.started_at, w.id;
 
 -- name: register_worker
 -- Announce a process (supervisor, child or remote worker) that may hold jobs.
