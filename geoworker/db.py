@@ -36,10 +36,11 @@ from geoworker.errors import ConfigError, DatabaseUnavailable, DataRefused, firs
 
 LISTEN_CHANNEL = "geoworker_jobs"
 CANCEL_CHANNEL = "geoworker_cancel"
-_LISTEN = {LISTEN_CHANNEL: "listen_jobs", CANCEL_CHANNEL: "listen_cancel"}  # db.sql's statement for each
 # sent by triggers (migration 0003): a job's status or progress changed; the worker table changed
 JOB_CHANGES_CHANNEL = "geoworker_job_changes"
 WORKER_CHANGES_CHANNEL = "geoworker_worker_changes"
+_LISTEN = {LISTEN_CHANNEL: "listen_jobs", CANCEL_CHANNEL: "listen_cancel",  # db.sql's statement for each
+           JOB_CHANGES_CHANNEL: "listen_job_changes", WORKER_CHANGES_CHANNEL: "listen_worker_changes"}
 # serialises `migrate` across hosts that start at the same time
 MIGRATE_LOCK_KEY = 0x67656F776B  # "geowk"
 # seconds before the server cancels a statement of a child or of an API request: a stalled

@@ -113,10 +113,11 @@ def create(api, sub: str, task: str, payload=None) -> dict:
     return r.json()
 
 
-def upload(api, sub: str, src: Path) -> dict:
-    job = create(api, sub, "geotiff_to_png")
+def upload(api, sub: str, src: Path, task: str = "geotiff_to_png", payload=None) -> dict:
+    job = create(api, sub, task, payload)
     grant = requests.post(api.url(f"{GEO_JOBS}/{job['id']}/upload"), headers=bearer(sub), timeout=10,
                           json={"fileName": src.name, "fileSize": src.stat().st_size, "fileType": "image/tiff"}).json()
+    assert "uploadUrl" in grant, grant
     r = requests.put(grant["uploadUrl"], data=src.read_bytes(), headers={"Content-Type": "image/tiff"}, timeout=30)
     assert r.status_code == 200, r.text
     return job
@@ -455,40 +456,25 @@ def shrink(path: Path) -> None:
 # --- the tile layer ---------------------------------------------------------------------------
 
 
-def test_a_job_with_map_tiles_shows_the_tile_layer_its_tilejson_names(browser, api, db, tmp_path):
-    """The contract of GET /api/geo-jobs/{id}/tilejson.json (TileJSON 3.0.0 whose `tiles` template is
-    an absolute URL carrying a signed token). That route comes with the map-tiles work, not on this
-    branch: until it is merged, the browser's network layer answers it and the tiles here, so what
-    is tested is the page's side of the contract. Once the route exists, drop the two page.route()."""
-    from PIL import Image
-
-    job_id = db.value("""INSERT INTO geo_jobs (task_type, status, progress, owner, outputs, result, started_at, finished_at)
-        VALUES ('geotiff_to_tiles', 'succeeded', 100, 'alice', '{"pmtiles": "site.pmtiles", "tilejson": "site.tilejson.json"}',
-                '{"metadata": {"width": 400, "height": 300, "bounds_wgs84": [44.19, 15.35, 44.21, 15.36]}}', now(), now())
-        RETURNING id::text""")
-    template = api.base + f"/api/geo-jobs/{job_id}/tiles/{{z}}/{{x}}/{{y}}.png?token=signed-for-this-job"
-    tilejson = {"tilejson": "3.0.0", "tiles": [template], "minzoom": 12, "maxzoom": 15, "scheme": "xyz",
-                "bounds": [44.19, 15.35, 44.21, 15.36], "name": "site"}
-    tile = tmp_path / "tile.png"
-    Image.new("RGBA", (256, 256), (200, 60, 20, 255)).save(tile)
-    asked: list[str] = []
-
-    def tiles(route):
-        asked.append(route.request.url)
-        route.fulfill(path=str(tile), content_type="image/png")
-
+def test_a_job_with_map_tiles_shows_the_tile_layer_its_tilejson_names(browser, api, worker, db, tmp_path):
+    """A real geotiff_to_tiles job: the page reads its TileJSON (with the viewer's token) and Leaflet
+    fetches the tiles from the template's signed URLs, without headers, from the API itself."""
+    job = upload(api, "alice", geotiff(tmp_path / "site.tif", 150, 200), "geotiff_to_tiles", {"zoom": "13-16"})
+    worker.start()
+    wait_for(lambda: db.job(job["id"])["status"] == "succeeded", 90, what="the tiles job")
     page = browser.page
-    page.route(f"**/api/geo-jobs/{job_id}/tilejson.json",
-               lambda route: route.fulfill(json=tilejson) if route.request.headers.get("authorization") else
-               route.fulfill(status=401, json={"error": "unauthorized", "message": "no token"}))
-    page.route(f"**/api/geo-jobs/{job_id}/tiles/**", tiles)
-    browser.open(f"/ui/jobs/{job_id}", user_token("alice"))
+    asked: list[str] = []
+    page.on("requestfinished", lambda r: asked.append(r.url) if "/tiles/" in r.url else None)
+    browser.open(f"/ui/jobs/{job['id']}", user_token("alice"))
     sync_api.expect(page.locator("#map")).to_have_attribute("data-layer", "tiles")
-    sync_api.expect(page.locator("#map .leaflet-tile-loaded").first).to_be_visible()
-    assert asked and all(re.fullmatch(re.escape(api.base + f"/api/geo-jobs/{job_id}/tiles/") +
-                                      r"1[2-5]/\d+/\d+\.png\?token=signed-for-this-job", u) for u in asked), asked
+    sync_api.expect(page.locator("#map .leaflet-tile-loaded").first).to_be_visible(timeout=20000)
+    pattern = re.escape(api.base + f"/api/geo-jobs/{job['id']}/tiles/") + r"1[3-6]/\d+/\d+\.png\?expires=\d+&signature=[0-9a-f]+"
+    assert asked and all(re.fullmatch(pattern, u) for u in asked), asked
+    loaded = page.evaluate("Array.from(document.querySelectorAll('#map .leaflet-tile-loaded')).length")
+    assert loaded >= 1
     view = page.evaluate("""() => { const m = window.geoworkerMap.map, b = m.getBounds();
         return {zoom: m.getZoom(), bounds: [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()]}; }""")
+    tj = requests.get(api.url(f"{GEO_JOBS}/{job['id']}/tilejson.json"), headers=bearer("alice"), timeout=10).json()
     west, south, east, north = view["bounds"]
-    assert west <= 44.19 and south <= 15.35 and east >= 44.21 and north >= 15.36, view
-    assert view["zoom"] >= 12, "the map was not fitted to the tiles' bounds"
+    assert west <= tj["bounds"][0] and south <= tj["bounds"][1] and east >= tj["bounds"][2] and north >= tj["bounds"][3]
+    assert view["zoom"] >= 13, "the map was not fitted to the tiles' bounds"

@@ -11,6 +11,14 @@ SELECT 1;
 -- Wake this session when a job becomes claimable (pg_notify('geoworker_jobs') in queries.sql).
 LISTEN geoworker_jobs;
 
+-- name: listen_job_changes
+-- Subscribe to job status and progress changes (the dashboard's live stream; migration 0003's trigger).
+LISTEN geoworker_job_changes;
+
+-- name: listen_worker_changes
+-- Subscribe to changes of the worker table (the dashboard's worker board).
+LISTEN geoworker_worker_changes;
+
 -- name: listen_cancel
 -- Wake this session when a running job is cancelled (pg_notify('geoworker_cancel') in queries.sql).
 LISTEN geoworker_cancel;
