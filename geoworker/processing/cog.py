@@ -34,9 +34,9 @@ from rasterio.enums import ColorInterp
 from geoworker.errors import GeoworkerError, Unsupported
 from geoworker.processing import cog_jpeg, encode, georef, metadata, read, render
 from geoworker.processing.map_options import CogOptions
-from geoworker.processing.pipeline import (STATS_SIZE, Progress, Run, Source, file_doc, gdal_errors_are_input_errors,
-                                           open_source, render_bands, sanitise_stem, statistics, stats_doc,
-                                           summary_doc)
+from geoworker.processing.pipeline import (READ_THREADS, STATS_SIZE, Progress, Run, Source, file_doc,
+                                           gdal_errors_are_input_errors, open_source, render_bands, sanitise_stem,
+                                           statistics, stats_doc, summary_doc)
 
 BLOCK_SIZE = 512
 SMALLEST_OVERVIEW = 256  # overviews go down until the long side is at most this
@@ -249,7 +249,7 @@ def _preview(cog: rasterio.DatasetReader, options: CogOptions, run: Run):
     base = options.base
     plan = read.plan_bands(cog, base.bands)
     shape = read.output_shape(cog.width, cog.height, STATS_SIZE)
-    data, valid = read.read_decimated(cog, plan, shape, base.resampling)
+    data, valid = read.read_decimated(cog, plan, shape, base.resampling, threads=READ_THREADS)
     stats = statistics(data, valid, plan.indexes, base.percentiles)
     bands, valid, ranges = render_bands(data, valid, plan, stats, base, cog, run)
     return plan, shape, stats, ranges, encode.to_pil(render.to_pixels(list(bands), valid))

@@ -59,7 +59,7 @@ MASK_ZLEVEL = 6  # GDAL's default DEFLATE level for the mask
 # Make, Model, Software, DateTime, Artist, Copyright). Not GDAL_NODATA: nodata becomes the mask.
 GEO_TAGS = {33550, 33922, 34264, 34735, 34736, 34737, 42112, 269, 270, 271, 272, 305, 306, 315, 33432}
 MASK_KINDS = ("none", "nodata", "per_dataset", "alpha")
-AHEAD = 2  # rows of full-resolution tiles waiting for the encoders (memory: AHEAD + 2 rows in all)
+AHEAD = 1  # rows of full-resolution tiles waiting for the encoders (memory: AHEAD + 2 rows in all)
 # Huffman tables optimised per tile, as libtiff makes them for GDAL (JPEGTABLESMODE=1):
 # files 6% smaller on an orthophoto (30% on smooth images) than with the standard tables,
 # for ~0.1 s more CPU per 100 MB with libjpeg-turbo (bench/map_outputs.py).
