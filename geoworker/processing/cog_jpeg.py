@@ -326,7 +326,7 @@ def write_jpeg_cog(ds: rasterio.DatasetReader, path: Path, quality: int, overvie
     tables = jpeg_tables(quality)
     georef = gdal_georef_tags(ds, 3)
     nodata = list(ds.nodatavals[:3])
-    threads = threads or len(os.sched_getaffinity(0))
+    threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     full_valid_mask = encode_mask(np.ones((TILE, TILE), bool))
 
     def encode(rgb: np.ndarray, valid: np.ndarray | None) -> tuple[bytes, bytes | None]:
