@@ -22,6 +22,7 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_validate
 
+from geoworker.errors import InvalidInput
 from geoworker.processing import cog, read, tiff_layout
 from geoworker.processing.cog_jpeg import GEO_TAGS, encode_tile, split_jpeg, write_jpeg_cog
 from geoworker.processing.map_options import CogOptions
@@ -300,3 +301,49 @@ def test_make_cog_writes_it_and_says_so(tmp_path):
     assert doc["output"]["overviews"] == [2, 4] and result["outputs"]["cog"] == "site.cog.tif"
     with rasterio.open(tmp_path / "out" / "site.cog.tif") as ds:
         assert np.array_equal(ds.dataset_mask() > 0, (data != 0).any(0))
+
+
+@pytest.mark.parametrize("profile", [{}, {"tiled": True}])
+def test_truncated_input_fails_cleanly_even_unchecked(tmp_path, profile):
+    """With header checks off, a truncated file is refused (not written as zeros) and nothing is left behind."""
+    src = rasters.write(tmp_path / "cut.tif", ortho(1500, 1500), **profile)
+    with open(src, "r+b") as f:
+        f.truncate(src.stat().st_size // 2)
+    out = tmp_path / "out"
+    with pytest.raises(InvalidInput, match="cannot be read"):
+        cog.make_cog(src, out, CogOptions.from_mapping({}, {"validate_headers": False}))
+    assert list(out.iterdir()) == []  # no COG, no .part file, no spool of tiles
+
+
+def test_layout_is_gdals_cog_layout(tmp_path):
+    """The byte layout GDAL's COG driver writes and its readers rely on, checked in the file itself."""
+    data = ortho(1100, 1300)
+    data[:, :, :40] = 0
+    src = rasters.write(tmp_path / "in.tif", data, nodata=0)
+    ours, _ = write_both(src, tmp_path)
+    raw = ours.read_bytes()
+    ghost = tiff_layout.ghost_header(True)
+    assert raw[8:8 + len(ghost)] == ghost and b"MASK_INTERLEAVED_WITH_IMAGERY=YES" in ghost
+    ifds = tiff_layout.read_ifds(raw)
+    tags = [{t.code: t.values for t in ifd} for _, ifd in ifds]
+    # full resolution, its mask, the overviews, their masks
+    assert [t.get(254, (0,))[0] for t in tags] == [0, 4, 1, 1, 1, 5, 5, 5]
+    assert [t[256][0] for t in tags] == [1300, 1300, 650, 325, 162, 650, 325, 162]
+    offsets = [ifd_at for ifd_at, _ in ifds]
+    assert offsets == sorted(offsets) and offsets[0] < 300
+    first_tile = min(min(t[324]) for t in tags)
+    assert max(offsets) < first_tile  # every IFD before any tile data
+    # each tile: its size before it, its last 4 bytes again after it
+    for t in tags:
+        for at, size in zip(t[324], t[325]):
+            assert int.from_bytes(raw[at - 4:at], "little") == size
+            assert raw[at + size:at + size + 4] == raw[at + size - 4:at + size]
+    # data: smallest overview first, full resolution last; each mask tile right after its image tile
+    image_levels = [tags[0], tags[2], tags[3], tags[4]]
+    mask_levels = [tags[1], tags[5], tags[6], tags[7]]
+    starts = [min(t[324]) for t in image_levels]
+    assert starts == sorted(starts, reverse=True)
+    for image, mask in zip(image_levels, mask_levels):
+        for at, size, mask_at in zip(image[324], image[325], mask[324]):
+            assert mask_at == at + size + 4 + 4
+    assert len(raw) == max(at + size for t in tags for at, size in zip(t[324], t[325])) + 4

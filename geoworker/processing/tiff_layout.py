@@ -67,13 +67,14 @@ class Level:
     tile_sizes: list[int] = field(default_factory=list)
 
 
-def read_first_ifd(data: bytes) -> list[Tag]:
-    """The fields of a TIFF's first IFD (classic or BigTIFF, little- or big-endian).
+def read_ifds(data: bytes, limit: int | None = None) -> list[tuple[int, list[Tag]]]:
+    """The IFDs of a TIFF (classic or BigTIFF, little- or big-endian), in chain order.
 
     Args:
-        data: the whole file (a small one: GDAL's georeferencing template).
+        data: the file's bytes (at least up to the IFDs read and their values).
+        limit: read at most this many IFDs.
     Returns:
-        its tags, in file order.
+        [(offset of the IFD, its tags in file order)].
     """
     order = "<" if data[:2] == b"II" else ">"
     big = struct.unpack(order + "H", data[2:4])[0] == 43
@@ -81,26 +82,36 @@ def read_first_ifd(data: bytes) -> list[Tag]:
         offset, count_fmt, entry, inline, ptr = struct.unpack(order + "Q", data[8:16])[0], "Q", 20, 8, "Q"
     else:
         offset, count_fmt, entry, inline, ptr = struct.unpack(order + "I", data[4:8])[0], "H", 12, 4, "I"
-    count_size = struct.calcsize(count_fmt)
-    (n,) = struct.unpack(order + count_fmt, data[offset:offset + count_size])
-    tags = []
-    for i in range(n):
-        start = offset + count_size + i * entry
-        code, typ = struct.unpack(order + "HH", data[start:start + 4])
-        (count,) = struct.unpack(order + ptr, data[start + 4:start + 4 + struct.calcsize(ptr)])
-        value_at = start + 4 + struct.calcsize(ptr)
-        size = count * _SIZES[typ]
-        if size > inline:
-            (at,) = struct.unpack(order + ptr, data[value_at:value_at + struct.calcsize(ptr)])
-            raw = data[at:at + size]
-        else:
-            raw = data[value_at:value_at + size]
-        if typ in (ASCII, UNDEFINED):
-            tags.append(Tag(code, typ, bytes(raw)))
-        else:
-            fmt = _FORMATS[typ]
-            tags.append(Tag(code, typ, struct.unpack(f"{order}{count * len(fmt)}{fmt[0]}", raw)))
-    return tags
+    count_size, ptr_size = struct.calcsize(count_fmt), struct.calcsize(ptr)
+    ifds = []
+    while offset and (limit is None or len(ifds) < limit):
+        (n,) = struct.unpack(order + count_fmt, data[offset:offset + count_size])
+        tags = []
+        for i in range(n):
+            start = offset + count_size + i * entry
+            code, typ = struct.unpack(order + "HH", data[start:start + 4])
+            (count,) = struct.unpack(order + ptr, data[start + 4:start + 4 + ptr_size])
+            value_at = start + 4 + ptr_size
+            size = count * _SIZES[typ]
+            if size > inline:
+                (at,) = struct.unpack(order + ptr, data[value_at:value_at + ptr_size])
+                raw = data[at:at + size]
+            else:
+                raw = data[value_at:value_at + size]
+            if typ in (ASCII, UNDEFINED):
+                tags.append(Tag(code, typ, bytes(raw)))
+            else:
+                fmt = _FORMATS[typ]
+                tags.append(Tag(code, typ, struct.unpack(f"{order}{count * len(fmt)}{fmt[0]}", raw)))
+        ifds.append((offset, tags))
+        next_at = offset + count_size + n * entry
+        (offset,) = struct.unpack(order + ptr, data[next_at:next_at + ptr_size])
+    return ifds
+
+
+def read_first_ifd(data: bytes) -> list[Tag]:
+    """The fields of a TIFF's first IFD (GDAL's one-pixel georeferencing template)."""
+    return read_ifds(data, 1)[0][1]
 
 
 def ghost_header(masked: bool) -> bytes:
