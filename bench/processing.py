@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from geoworker.processing.sample import SAMPLE_CRS, SAMPLE_ORIGIN, _hash, scene_block  # noqa: E402
+from geoworker.processing.sample import SAMPLE_CRS, SAMPLE_ORIGIN, noise_hash, scene_block  # noqa: E402
 
 FILES = {
     "rgb": "rgb_striped_100mb.tif",
@@ -51,7 +51,7 @@ def _dem_block(row0: int, col0: int, rows: int, cols: int) -> np.ndarray:
     z = (2200 + 400 * np.sin(r / 1900.0) * np.cos(c / 2300.0) + 150 * np.sin((r + 2 * c) / 610.0)
          + 60 * np.cos((3 * r - c) / 170.0))
     z = np.floor(z / 2.0) * 2.0  # terracing: compressible like a real DEM
-    noise = (_hash(r.astype(np.int64), c.astype(np.int64), 11) % np.uint32(7)).astype(np.float32) - 3
+    noise = (noise_hash(r.astype(np.int64), c.astype(np.int64), 11) % np.uint32(7)).astype(np.float32) - 3
     return (z + noise).astype(np.uint16)
 
 

@@ -1,9 +1,14 @@
 """One worker process: connect after fork, claim, heartbeat, run, finish, repeat.
 
 The child talks to its supervisor over two pipes: `ctl` (one JSON message per line:
-ready, busy, idle, ping, lost, boot_error) and its fd 2, where its log records and any
+ready, busy, idle, ping, lost, fenced, boot_error) and its fd 2, where its log records and any
 C library's stderr go (see logs.py). It owns nothing the supervisor opened: its own
 database connection is made here, after fork.
+
+Fencing: a child that cannot get a heartbeat confirmed for (about) worker.stale_after stops
+working on its job by itself before another host may rescue it, and stores nothing for it
+afterwards (lease.py says when; `_fence` and `_check_lease` here do it). It tells its supervisor
+("fenced"), which settles the attempt once the database answers, and exits.
 
 Signals, as the supervisor uses them:
   SIGUSR1  finish the current job, then exit (graceful stop, reload, recycle)
@@ -30,6 +35,7 @@ from geoworker.backoff import Backoff
 from geoworker.db import STATEMENT_TIMEOUT
 from geoworker.errors import DatabaseUnavailable, GeoworkerError, LockLost, describe
 from geoworker.jobs import Job
+from geoworker.lease import Lease, lease_clock, margin_for
 from geoworker.queue import Queue, open_queue
 from geoworker.storage import open_backend
 from geoworker.storage.workdir import create_workdir, remove_workdir
@@ -41,6 +47,7 @@ CHILD_ABORTED = 4
 GRACEFUL_SIGNAL = signal.SIGUSR1
 PR_SET_PDEATHSIG = 1
 PING_INTERVAL = 1.0
+FENCE_CHECK = 0.25  # seconds between two looks at the job's lease (lease.MIN_MARGIN is twice this)
 
 
 class _WaitInterrupted(BaseException):
@@ -52,6 +59,10 @@ class Shutdown(BaseException):
 
     A BaseException, so that `except Exception` in task code cannot swallow it.
     """
+
+
+class Fenced(Shutdown):
+    """The job's lease ran out (no heartbeat confirmed for about stale_after): stop working on it now."""
 
 
 class Child:
@@ -76,6 +87,11 @@ class Child:
         self._storage = None
         self._heartbeat_due = 0.0
         self._next: Job | None = None  # claimed together with the last completion
+        self._next_sent = 0.0  # when the call that claimed it was sent (its lease starts there)
+        self.lease: Lease | None = None  # the running job's (lease.py)
+        self._working: Job | None = None  # the job whose handler is running: what a fence stops
+        self._fenced: str | None = None  # the job this child fenced itself off (once per job)
+        self._fence_lock = threading.Lock()
         self._waiting = False  # in _idle_wait's wait, where SIGUSR1 may interrupt (nothing is half-done there)
 
     # --- life --------------------------------------------------------------------------
@@ -155,7 +171,11 @@ class Child:
         while not self.stopping and self.jobs_done < s.max_jobs_per_child:
             self._check_parent()
             try:
-                job, self._next = self._next or self.queue.claim(), None
+                if self._next is not None:
+                    job, sent, self._next = self._next, self._next_sent, None
+                else:
+                    sent = lease_clock()  # the claim's now() is no earlier: the lease starts here
+                    job = self.queue.claim()
                 backoff.reset()
             except DatabaseUnavailable as exc:
                 delay = backoff.next_delay()
@@ -165,7 +185,7 @@ class Child:
             if job is None:
                 self._idle_wait(s.poll_interval)
                 continue
-            self.run_job(job)
+            self.run_job(job, claimed=sent)
         if self._next is not None:  # claimed with the last completion, then told to stop
             self._finish(lambda: self.queue.release(self._next.id, self.worker_id, "the worker is stopping"))
         if self.jobs_done >= s.max_jobs_per_child:
@@ -193,7 +213,13 @@ class Child:
 
     # --- one job -----------------------------------------------------------------------
 
-    def run_job(self, job: Job) -> None:
+    def run_job(self, job: Job, claimed: float | None = None) -> None:
+        """Run one job to its outcome.
+
+        Args:
+            claimed: when the call that claimed it was sent (lease_clock(); default now): its lease starts there.
+        """
+        self.lease = Lease(job.id, lease_clock() if claimed is None else claimed, self.settings.worker.stale_after)
         self.current = job
         timeout = _timeout_param(job)
         self.send("busy", job=job.id, task=job.task_type, attempt=job.attempts, max_attempts=job.max_attempts,
@@ -212,8 +238,15 @@ class Child:
             try:
                 task = tasks.get(job.task_type, self.settings)
                 ctx = tasks.TaskContext(job=job, settings=self.settings, workdir=workdir, report=self._progress,
-                                        storage=self.storage() if task.needs_input else None)
-                result = task.handler(ctx)
+                                        storage=self.storage() if task.needs_input else None,
+                                        check_lease=self._check_lease)
+                self._working = job
+                try:
+                    result = task.handler(ctx)
+                finally:
+                    # the work is done: writing its outcome is safe however late (a job someone
+                    # else holds by then refuses it), so the fence no longer applies
+                    self._working = None
                 if self._finish(lambda: self._complete(job, result)):
                     outcome = "succeeded"
                     timings = (result.result or {}).get("timings") if isinstance(result.result, dict) else None
@@ -246,7 +279,9 @@ class Child:
         if not go_on:
             self.queue.complete(job.id, result.outputs, result.result)
             return
+        sent = lease_clock()
         completed, self._next = self.queue.complete_and_claim(job.id, result.outputs, result.result)
+        self._next_sent = sent
         if not completed:
             raise LockLost(f"job {job.id}: complete refused, {self.worker_id} no longer holds it")
 
@@ -278,25 +313,39 @@ class Child:
         job = self.current
         if job is None:
             return
+        sent = lease_clock()
         try:
             still_ours = self.queue.progress(job.id, percent, message)
         except DatabaseUnavailable as exc:
             logger.warning(f"progress not recorded: {exc}")
             return
         self._heartbeat_due = time.monotonic() + self.settings.worker.heartbeat_interval
-        if not still_ours:
+        if still_ours:
+            self._renew(job, sent)
+        else:
             self._lost(job)
 
     # --- the background thread: liveness for the supervisor, heartbeats for the database --------
 
     def _ping_loop(self) -> None:
-        """Tell the supervisor every second that this process is alive (no database involved)."""
+        """Tell the supervisor every second that this process is alive, and watch the job's lease.
+
+        No database involved: a heartbeat stuck in a partition (up to the client timeout) must
+        not delay the fence.
+        """
+        next_ping = time.monotonic() + PING_INTERVAL
         while True:
-            time.sleep(PING_INTERVAL)
+            time.sleep(FENCE_CHECK)
             if os.getppid() != self.parent_pid:
                 os._exit(CHILD_ABORTED)
-            job = self.current
-            self.send("ping", job=job.id if job else None)
+            job, lease = self._working, self.lease
+            if job is not None and lease is not None and lease.job_id == job.id and lease.expired(lease_clock()):
+                if self._fence(job, lease):
+                    os.kill(os.getpid(), signal.SIGTERM)  # the main thread raises Fenced (see _on_term)
+            if (now := time.monotonic()) >= next_ping:
+                next_ping = now + PING_INTERVAL
+                job = self.current
+                self.send("ping", job=job.id if job else None)
 
     def _heartbeat_loop(self) -> None:
         """Heartbeat the running job every heartbeat_interval.
@@ -306,19 +355,54 @@ class Child:
         child stops both its pings and its heartbeats, and is killed locally (silence) or
         rescued from another host (stale heartbeat). It shares the child's one connection.
         """
+        w = self.settings.worker
+        # after a failure, try again sooner: two missed heartbeats in a row must not cost the lease
+        retry_after = min(w.heartbeat_interval, max(PING_INTERVAL, margin_for(w.stale_after) / 2))
         while True:
-            time.sleep(min(PING_INTERVAL, self.settings.worker.heartbeat_interval))
+            time.sleep(min(PING_INTERVAL, w.heartbeat_interval))
             job = self.current
             if job is None or time.monotonic() < self._heartbeat_due:
                 continue
-            self._heartbeat_due = time.monotonic() + self.settings.worker.heartbeat_interval
+            self._heartbeat_due = time.monotonic() + w.heartbeat_interval
+            sent = lease_clock()
             try:
-                if not self.queue.heartbeat(job.id) and self.current is job:
+                if self.queue.heartbeat(job.id):
+                    self._renew(job, sent)
+                elif self._working is job:  # (while its outcome is written, that write learns it is refused)
                     self._lost(job)
             except DatabaseUnavailable as exc:
+                self._heartbeat_due = time.monotonic() + retry_after
                 logger.warning(f"heartbeat failed: {exc}")
             except Exception:
                 logger.exception("heartbeat failed")
+
+    def _renew(self, job: Job, sent: float) -> None:
+        lease = self.lease
+        if lease is not None and lease.job_id == job.id:
+            lease.renew(sent)
+
+    # --- fencing: stop before anyone may rescue the job --------------------------------------
+
+    def _check_lease(self) -> None:
+        """Raise Fenced if the running job's lease has run out: called before anything is stored."""
+        job, lease = self._working, self.lease
+        if job is not None and lease is not None and lease.job_id == job.id and lease.expired(lease_clock()):
+            self._fence(job, lease)
+            raise Fenced()
+
+    def _fence(self, job: Job, lease: Lease) -> bool:
+        """Say once that this child stops working on `job` (log and supervisor); False if already said."""
+        with self._fence_lock:
+            if self._fenced == job.id:
+                return False
+            self._fenced = job.id
+        silent = lease.silent_for(lease_clock())
+        logger.bind(job=job.id).warning(
+            f"job {job.id}: no heartbeat confirmed for {silent:.1f} s (worker.stale_after is "
+            f"{lease.stale_after:g} s): stopping work on it and storing nothing more, so that another "
+            f"worker may take it over")
+        self.send("fenced", job=job.id, silent=round(silent, 3), stale_after=lease.stale_after)
+        return True
 
     def _lost(self, job: Job) -> None:
         """Someone else decided this job (cancelled, rescued): ask the supervisor to stop us."""
@@ -348,7 +432,8 @@ class Child:
 
     def _on_term(self, signum, frame) -> None:
         self.stopping = True
-        raise Shutdown()
+        fenced = self._fenced is not None and self._working is not None and self._working.id == self._fenced
+        raise Fenced() if fenced else Shutdown()
 
     def _on_graceful(self, signum, frame) -> None:
         self.stopping = True

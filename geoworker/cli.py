@@ -23,6 +23,9 @@ from geoworker.submit import open_queue as open_checked_queue
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
 EXIT_USAGE = 64
+# what a user can type is checked here, before it reaches the database (a bigint, a fork loop)
+LIST_LIMIT_MAX = 10_000
+CONCURRENCY_MAX = 1024
 
 
 class UsageError(GeoworkerError):
@@ -89,6 +92,8 @@ def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
             value = json.loads(raw)
         except ValueError:
             value = raw
+        except RecursionError:  # `[[[[...` past what the parser can nest: no parameter is like that
+            raise UsageError(f"--param {key}: the value is nested too deeply") from None
         params[key] = value
     return params
 
@@ -168,8 +173,8 @@ def cmd_events(args) -> int:
 def cmd_list(args) -> int:
     if args.status and args.status not in {s.value for s in Status}:
         raise UsageError(f"--status must be one of {', '.join(s.value for s in Status)}")
-    if args.limit < 1:
-        raise UsageError("--limit must be at least 1")
+    if not 1 <= args.limit <= LIST_LIMIT_MAX:
+        raise UsageError(f"--limit must be between 1 and {LIST_LIMIT_MAX}, got {args.limit}")
     queue = open_queue(load(args))
     jobs = queue.list(status=args.status, limit=args.limit)
     if args.json:
@@ -199,8 +204,8 @@ def cmd_run(args) -> int:
     from geoworker.supervisor import run_service  # late: psutil and the pool, only for `run`
 
     settings = load(args, announce=False)  # the service logs them
-    if args.concurrency is not None and args.concurrency < 1:
-        raise UsageError("--concurrency must be at least 1")
+    if args.concurrency is not None and not 1 <= args.concurrency <= CONCURRENCY_MAX:
+        raise UsageError(f"--concurrency must be between 1 and {CONCURRENCY_MAX}, got {args.concurrency}")
     return run_service(settings, concurrency=args.concurrency, drain=args.drain)
 
 

@@ -163,7 +163,7 @@ class StorageSettings:
     backend: str = _opt(_storage_backend, default="local")
     root: str = _opt(path=True, default="var/storage")
     temp_dir: str = _opt(path=True, default="var/tmp")
-    max_file_size: int = _opt(_upto(_positive, 1 << 50, " bytes"), default=104857600)
+    max_file_size: int = _opt(_upto(_positive, 1 << 60, " bytes"), default=104857600)
     allowed_hosts: tuple[str, ...] = ()
     allow_http: bool = False
     validate_headers: bool = True
@@ -195,6 +195,9 @@ class ProcessingSettings:
         _one_of("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "gauss", "rms"),
         default="average",
     )
+    # the decompression-bomb budget, checked before decoding (a job's params can only lower it)
+    max_pixels: int = _opt(_positive, default=1 << 32)
+    max_decoded_bytes: int = _opt(_positive, default=8 << 30)
 
 
 @dataclass(frozen=True)

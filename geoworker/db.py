@@ -32,7 +32,7 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
-from geoworker.errors import ConfigError, DatabaseUnavailable, DataRejected, first_line
+from geoworker.errors import ConfigError, DatabaseUnavailable, DataRefused, first_line
 
 LISTEN_CHANNEL = "geoworker_jobs"
 CANCEL_CHANNEL = "geoworker_cancel"
@@ -47,16 +47,15 @@ T = TypeVar("T")
 
 @contextlib.contextmanager
 def wrap_errors(what: str = "database") -> Iterator[None]:
-    """Translate driver errors that mean "the database is not there" into DatabaseUnavailable."""
+    """Translate driver errors: "the database is not there" becomes DatabaseUnavailable (retried),
+    a value it refused (SQLSTATE class 22: out of range, malformed) becomes DataRefused (one line, not retried)."""
     try:
         yield
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
         # (QueryCanceled, raised when statement_timeout fires, is an OperationalError too)
         raise DatabaseUnavailable(f"{what}: {first_line(exc)}") from exc
     except psycopg2.DataError as exc:
-        # SQLSTATE class 22: a value the database cannot take (out of range, NUL, overflow).
-        # Retrying cannot help, so it must never look like an outage.
-        raise DataRejected(f"{what}: the database refused a value: {first_line(exc)}") from exc
+        raise DataRefused(f"the database refused a value ({what}): {first_line(exc)}") from exc
 
 
 class ClientTimeout(psycopg2.OperationalError):

@@ -67,6 +67,16 @@ class UnknownTask(PermanentError):
     code = "unsupported"
 
 
+class DataRefused(PermanentError):
+    """The database refused a value: out of range, malformed, or not storable (SQLSTATE class 22).
+
+    What reaches the database should have been checked before; this is the one line for
+    whatever was not, never a traceback and never retried as if the database were away.
+    """
+
+    code = "invalid_input"
+
+
 class BadParams(PermanentError):
     """The job's parameters are invalid."""
 
@@ -101,10 +111,6 @@ class DatabaseUnavailable(TransientError):
 
 
 # --- operator and user mistakes, never job outcomes --------------------------------
-
-
-class DataRejected(GeoworkerError):
-    """The database refused a value (SQLSTATE class 22: out of range, a NUL character, an overflow)."""
 
 
 class ConfigError(GeoworkerError):

@@ -347,6 +347,8 @@ class JobQueue:
 
     def retry_now(self, job_id: str) -> Job:
         """Queue a failed or cancelled job again with fresh attempts."""
+        if not _is_uuid(job_id):
+            raise JobNotFound(f"no job {job_id!r} (a job id is a UUID)")
         rows = self._run("retry_job", {"id": job_id, "actor": self.worker_id})
         if not rows:
             raise InvalidState(f"job {job_id} is {self.get(job_id).status}; only failed or cancelled jobs can be retried")

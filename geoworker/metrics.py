@@ -32,7 +32,8 @@ LOOP_STALE_AFTER = 10.0  # /healthz: the loop's last full turn must be younger t
 MAX_LABEL_VALUES = 64  # distinct task or stage names before the rest become "other"
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-KILL_REASONS = ("timeout", "memory_limit", "unresponsive", "crashed", "lost", "cancelled", "boot_timeout", "shutdown")
+KILL_REASONS = ("timeout", "memory_limit", "unresponsive", "crashed", "lost", "fenced", "cancelled", "boot_timeout",
+                "shutdown")
 _LABEL = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 

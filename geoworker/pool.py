@@ -136,6 +136,11 @@ class Pool:
         elif event == "lost":
             if w.job and w.job.id == msg.get("job"):
                 self.kill_child(child, "lost", settle=False)
+        elif event == "fenced":  # it stopped working on the job by itself (child.py): end that attempt
+            if w.job and w.job.id == msg.get("job"):
+                self.kill_child(child, "fenced", "crashed",
+                                f"the worker could not reach the database for {msg.get('silent', 0):.0f} s "
+                                f"(worker.stale_after is {msg.get('stale_after', 0):g} s) and stopped the job")
         elif event == "boot_error":
             child.boot_error = msg.get("error")
 

@@ -26,7 +26,7 @@ from typing import Callable
 from loguru import logger
 
 from geoworker.breaker import Breaker
-from geoworker.errors import DatabaseUnavailable, DataRejected, JobNotFound, LockLost
+from geoworker.errors import DatabaseUnavailable, DataRefused, JobNotFound, LockLost
 from geoworker.queue import Queue
 from geoworker.watchdog import KILL_GRACE, RunningJob
 
@@ -95,7 +95,7 @@ class Settler:
         try:
             queue.end_attempt(o.job_id, o.attempts, holder=o.holder, code="internal_error",
                               message=f"the outcome could not be recorded: {exc}", permanent=True, reason=o.reason)
-        except (LockLost, JobNotFound, DataRejected) as again:
+        except (LockLost, JobNotFound, DataRefused) as again:
             logger.error(f"job {o.job_id}: could not be failed either ({again}); left to the stale-job rescuer")
         except DatabaseUnavailable as down:
             self.breaker.down(down)
@@ -121,7 +121,7 @@ class Settler:
         except (LockLost, JobNotFound) as exc:
             logger.info(f"job {o.job_id}: nothing to settle ({exc})")
             return True
-        except DataRejected as exc:
+        except DataRefused as exc:
             return self._fail_for_good(queue, o, exc)
         except DatabaseUnavailable as exc:
             self.breaker.down(exc)

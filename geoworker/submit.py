@@ -135,13 +135,25 @@ def _store_input(job: Job, path: Path, settings, queue: JobQueue) -> Job:
     try:
         with open_backend(settings) as backend:
             ref = backend.import_file(job.id, path)
+            sidecars = _sidecars(path)
+            if sidecars:  # the world file, .aux.xml, .msk, .ovr that GDAL reads beside it travel with it
+                ref = backend.import_sidecars(job.id, ref, path.name, sidecars)
     except BaseException as exc:
         reason = str(exc) if isinstance(exc, GeoworkerError) else f"{type(exc).__name__}: {exc}"
         queue.cancel(job.id, reason=f"the input could not be stored: {reason}")
         if isinstance(exc, OSError):
             raise GeoworkerError(f"{path.name}: cannot store the input: {exc.strerror or exc}") from None
         raise
-    return queue.queue_pending(job.id, ref, data={"name": ref.get("name"), "size": ref.get("size")})
+    data = {"name": ref.get("name"), "size": ref.get("size")}
+    if ref.get("sidecars"):
+        data["sidecars"] = [s["name"] for s in ref["sidecars"]]
+    return queue.queue_pending(job.id, ref, data=data)
+
+
+def _sidecars(path: Path) -> list[Path]:
+    from geoworker.processing.read import sidecar_files  # late: rasterio, only when a file is submitted
+
+    return sidecar_files(path)
 
 
 def _whole(name: str, value: Any, lo: int, hi: int) -> int:
@@ -164,6 +176,8 @@ def check_json_safe(value: Any) -> None:
         if isinstance(item, str):
             if "\x00" in item:
                 raise BadParams("strings must not contain NUL characters", key=key)
+            if not _encodable(item):
+                raise BadParams("strings must be valid Unicode (no lone surrogates, no undecodable bytes)", key=key)
         elif isinstance(item, float):
             if not math.isfinite(item):
                 raise BadParams("numbers must be finite (no NaN or Infinity)", key=key)
@@ -174,3 +188,12 @@ def check_json_safe(value: Any) -> None:
                 stack.append((sub, depth + 1, top))
         elif isinstance(item, (list, tuple)):
             stack.extend((sub, depth + 1, key) for sub in item)
+
+
+def _encodable(text: str) -> bool:
+    # a lone surrogate (from a "\\ud800" escape, or an argv byte that is not UTF-8) has no UTF-8 form
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -7,6 +7,7 @@ its path. Content is small and deterministic so that tests can assert pixel valu
 from __future__ import annotations
 
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from affine import Affine
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
 UTM38N = CRS.from_epsg(32638)
@@ -146,3 +148,185 @@ def strip_offsets(path: Path) -> list[tuple[int, int]]:
 
 
 ALPHA_RGBA = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+
+
+# --- georeferencing of every kind, each as GDAL would meet it in the wild ------------------
+
+GEOS_FULL_DISK_HALF = 5_434_894.885  # metres: half the side of a GOES-East full-disk image
+MARS_EQUIRECTANGULAR = (
+    'PROJCS["Mars2000_Equirectangular",GEOGCS["GCS_Mars_2000",DATUM["D_Mars_2000",'
+    'SPHEROID["Mars_2000_IAU_IAG",3396190.0,169.894447223612]],PRIMEM["Reference_Meridian",0.0],'
+    'UNIT["Degree",0.0174532925199433]],PROJECTION["Equirectangular"],PARAMETER["False_Easting",0.0],'
+    'PARAMETER["False_Northing",0.0],PARAMETER["Central_Meridian",0.0],PARAMETER["Standard_Parallel_1",0.0],'
+    'UNIT["Meter",1.0]]')
+MARS_GEOGRAPHIC = ('GEOGCS["GCS_Mars_2000",DATUM["D_Mars_2000",SPHEROID["Mars_2000_IAU_IAG",3396190.0,'
+                   '169.894447223612]],PRIMEM["Reference_Meridian",0.0],UNIT["Degree",0.0174532925199433]]')
+
+
+def texture(height: int, width: int) -> np.ndarray:
+    """(h, w) uint8, 1..250: every pixel valid, neighbours different (a warp that drops a row shows)."""
+    return (np.arange(height * width).reshape(height, width) % 250 + 1).astype(np.uint8)
+
+
+def polar(path: Path, epsg: int = 3413, size: int = 200, pixel: float = 20_000.0) -> Path:
+    """A polar stereographic grid (EPSG:3413 north, 3031 south) centred on the pole."""
+    half = size * pixel / 2
+    return write(path, texture(size, size), crs=CRS.from_epsg(epsg), transform=from_origin(-half, half, pixel, pixel))
+
+
+def geostationary_full_disk(path: Path, size: int = 200) -> Path:
+    """A GOES-East-like full disk: the Earth's disk inscribed in the square, the corners in space."""
+    crs = CRS.from_proj4("+proj=geos +h=35786023 +lon_0=-75 +sweep=x +a=6378137 +b=6356752.31414 +units=m +no_defs")
+    pixel = 2 * GEOS_FULL_DISK_HALF / size
+    return write(path, texture(size, size), crs=crs,
+                 transform=from_origin(-GEOS_FULL_DISK_HALF, GEOS_FULL_DISK_HALF, pixel, pixel))
+
+
+def across_antimeridian(path: Path) -> Path:
+    """A UTM zone 60N scene (central meridian 177 E) reaching past 180 degrees, near 60 N."""
+    return write(path, texture(200, 300), crs=CRS.from_epsg(32660),
+                 transform=from_origin(600_000, 6_700_000, 1000, 1000))
+
+
+def rpc_only(path: Path, width: int = 600, height: int = 500) -> Path:
+    """A satellite-like scene georeferenced by RPCs only (no geotransform, no GCPs, no CRS).
+
+    The model is nearly linear (sample follows longitude, line latitude) with a height
+    term, so that the RPC height moves the footprint.
+    """
+    from rasterio.rpc import RPC
+
+    num_line, num_samp, den = [0.0] * 20, [0.0] * 20, [1.0] + [0.0] * 19
+    num_line[2], num_line[3] = -1.0, 0.02
+    num_samp[1], num_samp[3] = 1.0, 0.05
+    rpcs = RPC(height_off=1000, height_scale=500, lat_off=15.35, lat_scale=0.05, line_den_coeff=den,
+               line_num_coeff=num_line, line_off=height / 2, line_scale=height / 2, long_off=44.2, long_scale=0.05,
+               samp_den_coeff=den, samp_num_coeff=num_samp, samp_off=width / 2, samp_scale=width / 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=1, dtype="uint8") as dst:
+            dst.write(texture(height, width)[None])
+            dst.rpcs = rpcs
+    return Path(path)
+
+
+def on_mars(path: Path) -> Path:
+    """A Mars 2000 equirectangular grid (PROJ refuses to take it to Earth's EPSG:4326)."""
+    return write(path, texture(80, 100), crs=CRS.from_wkt(MARS_EQUIRECTANGULAR),
+                 transform=from_origin(1_000_000, 500_000, 200, 200))
+
+
+def geotransform_without_crs(path: Path) -> Path:
+    """A geotransform (UTM 38N numbers) and no CRS: where the pixels are, in unknown units."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return write(path, gradient_rgb(40, 50), crs=None, transform=from_origin(*ORIGIN, 2.0, 2.0),
+                     photometric="RGB")
+
+
+# --- colours -----------------------------------------------------------------------------------
+
+
+def classes(path: Path, values=(0, 1, 2, 3, 5, 10), size: int = 120, **profile) -> Path:
+    """A uint8 land-cover-like class raster: vertical stripes of each value in `values`."""
+    stripe = np.repeat(np.asarray(values, np.uint8), -(-size // len(values)))[:size]
+    return write(path, np.tile(stripe[None, :], (size, 1)), **profile)
+
+
+def bgr(path: Path, alpha: bool = False) -> Path:
+    """Blue, green, red (and alpha) bands, marked so: (10, 20, 30) as R, G, B everywhere alpha is on."""
+    h, w = 30, 40
+    data = [np.full((h, w), 30, np.uint8), np.full((h, w), 20, np.uint8), np.full((h, w), 10, np.uint8)]
+    interp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red]
+    if alpha:
+        a = np.zeros((h, w), np.uint8)
+        a[:, 10:] = 255
+        data.append(a)
+        interp.append(ColorInterp.alpha)
+    return write(path, np.stack(data), colorinterp=interp)
+
+
+# --- files in formats GDAL reads but will not write, built byte by byte ------------------------
+
+
+def tiff_bytes(entries: list[tuple[int, int, list[int]]], payload: bytes, offset_tags=(273,)) -> bytes:
+    """A classic little-endian one-image TIFF: `entries` are (tag, type 3 = SHORT | 4 = LONG, values);
+    the values of `offset_tags` are offsets into `payload`, which follows the directory."""
+    entries = sorted(entries)
+    directory_size = 2 + 12 * len(entries) + 4
+    packed = [b"".join(struct.pack("<H" if typ == 3 else "<I", v) for v in values) for _, typ, values in entries]
+    cursor = 8 + directory_size
+    out_of_line = {}
+    for i, raw in enumerate(packed):
+        if len(raw) > 4:
+            out_of_line[i] = cursor
+            cursor += len(raw) + (len(raw) & 1)
+    payload_at = cursor
+    body, extra = struct.pack("<H", len(entries)), b""
+    for i, (tag, typ, values) in enumerate(entries):
+        raw = packed[i]
+        if tag in offset_tags:
+            raw = b"".join(struct.pack("<H" if typ == 3 else "<I", payload_at + v) for v in values)
+        if i in out_of_line:
+            body += struct.pack("<HHII", tag, typ, len(values), out_of_line[i])
+            extra += raw + b"\0" * (len(raw) & 1)
+        else:
+            body += struct.pack("<HHI", tag, typ, len(values)) + raw.ljust(4, b"\0")
+    return b"II*\x00" + struct.pack("<I", 8) + body + struct.pack("<I", 0) + extra + payload
+
+
+def old_style_jpeg(path: Path, rgb: np.ndarray) -> Path:
+    """An old-style JPEG TIFF (compression 6, OJPEG): one strip that is a whole JFIF stream, which
+    the JPEGInterchangeFormat tag points at, as scanners wrote them in the 1990s."""
+    import io
+
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    buffer = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buffer, "JPEG", quality=95, subsampling=0)
+    jpeg = buffer.getvalue()
+    entries = [(256, 4, [w]), (257, 4, [h]), (258, 3, [8, 8, 8]), (259, 3, [6]), (262, 3, [6]), (273, 4, [0]),
+               (277, 3, [3]), (278, 4, [h]), (279, 4, [len(jpeg)]), (284, 3, [1]), (513, 4, [0]),
+               (514, 4, [len(jpeg)]), (530, 3, [1, 1])]
+    Path(path).write_bytes(tiff_bytes(entries, jpeg, offset_tags=(273, 513)))
+    return Path(path)
+
+
+def logluv(path: Path, luminance: np.ndarray) -> Path:
+    """A LogLuv TIFF (SGI LogLuv32, compression 34676, photometric 32845): HDR luminance of
+    equal-energy white, which GDAL reads as three float32 bands (CIE X, Y, Z).
+
+    Args:
+        path: where to write it.
+        luminance: (h, w) CIE Y values > 0.
+    """
+    h, w = luminance.shape
+    log_y = np.floor(256.0 * (np.log2(luminance) + 64.0)).astype(np.uint32)  # 15-bit log luminance
+    u, v = int(410 * 4 / 19), int(410 * 9 / 19)  # u', v' of X = Y = Z, scaled by 410
+    pixels = (log_y << 16) | (u << 8) | v
+    data = bytearray()
+    for row in pixels:  # each byte plane of a row, most significant first, as literal runs
+        for shift in (24, 16, 8, 0):
+            plane = ((row >> shift) & 0xFF).astype(np.uint8).tobytes()
+            for i in range(0, len(plane), 127):
+                data += bytes([len(plane[i:i + 127])]) + plane[i:i + 127]
+    entries = [(256, 4, [w]), (257, 4, [h]), (258, 3, [32, 32, 32]), (259, 3, [34676]), (262, 3, [32845]),
+               (273, 4, [0]), (277, 3, [3]), (278, 4, [h]), (279, 4, [len(data)]), (284, 3, [1]),
+               (339, 3, [3, 3, 3])]
+    Path(path).write_bytes(tiff_bytes(entries, bytes(data)))
+    return Path(path)
+
+
+def deflate_bomb(path: Path, width: int = 100_000, height: int = 100_000, sparse: bool = False) -> Path:
+    """3-band uint8 zeros in 256 x 256 DEFLATE tiles: 30 GB declared.
+
+    Nothing is written: GDAL fills the missing tiles on close by compressing one empty
+    tile and writing its bytes for each (34 MB, about a second), or with sparse=True
+    leaves them out altogether (a few hundred KB of directory, no pixel data at all).
+    """
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8",
+                       crs=UTM38N, transform=from_origin(*ORIGIN, 0.1, 0.1), tiled=True, blockxsize=256,
+                       blockysize=256, compress="deflate", sparse_ok=sparse):
+        pass
+    return Path(path)

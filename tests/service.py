@@ -90,18 +90,25 @@ def child_pid(worker_id: str) -> int:
 
 
 class Service:
-    """`geoworker run` in its own session, with its stderr in a file."""
+    """`geoworker run` in its own session, with its stderr in a file.
 
-    def __init__(self, env: dict[str, str], cwd: Path, args: tuple[str, ...] = (), name: str = "service"):
+    Args:
+        wrapper: a command that execs the rest in place (`ip netns exec NS`), so that the pid is still ours.
+    """
+
+    def __init__(self, env: dict[str, str], cwd: Path, args: tuple[str, ...] = (), name: str = "service",
+                 wrapper: tuple[str, ...] = ()):
         self.env = env
         self.cwd = Path(cwd)
         self.args = args
+        self.wrapper = wrapper
         self.stderr_path = self.cwd / f"{name}.stderr"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Service":
         self._stderr = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "geoworker", "run", *self.args], env=self.env,
+        self.proc = subprocess.Popen([*self.wrapper, sys.executable, "-m", "geoworker", "run", *self.args],
+                                     env=self.env,
                                      cwd=self.cwd, stdout=self._stderr, stderr=self._stderr,
                                      start_new_session=True)
         return self
@@ -150,9 +157,13 @@ def submit(env, cwd, *args: str) -> str:
 
 class FreezingProxy:
     """A TCP proxy in front of PostgreSQL that can stop passing bytes while keeping every
-    connection open: a hung server, as a client sees one (its bytes are accepted, no answer comes)."""
+    connection open: a hung server, as a client sees one (its bytes are accepted, no answer comes).
 
-    def __init__(self, dsn: str):
+    Args:
+        bind: the address it listens on (a port is picked); loopback unless a test gave itself another.
+    """
+
+    def __init__(self, dsn: str, bind: str = "127.0.0.1"):
         import socket
         import threading
 
@@ -165,12 +176,12 @@ class FreezingProxy:
         else:
             self.upstream = (socket.AF_INET, (host, port))
         self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
+        self.listener.bind((bind, 0))
         self.listener.listen(64)
         self.port = self.listener.getsockname()[1]
         self.frozen = threading.Event()
         self.stopped = threading.Event()
-        self.dsn = psycopg2.extensions.make_dsn(dsn, host="127.0.0.1", port=str(self.port))
+        self.dsn = psycopg2.extensions.make_dsn(dsn, host=bind, port=str(self.port))
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -184,7 +195,12 @@ class FreezingProxy:
             except OSError:
                 continue
             server = socket.socket(self.upstream[0])
-            server.connect(self.upstream[1])
+            try:
+                server.connect(self.upstream[1])
+            except OSError:
+                client.close()
+                server.close()
+                continue
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 

@@ -170,3 +170,40 @@ def test_process_into_a_file_is_a_one_line_error(tmp_path):
     (tmp_path / "in.tif").write_bytes(b"II*\x00" + b"\x00" * 64)
     user_error(run_cli(["process", str(tmp_path / "in.tif"), "--out", str(tmp_path / "taken")],
                        {"PATH": "/usr/bin:/bin"}, cwd=tmp_path), r"exists and is not a directory")
+
+
+# Values a user can type (issue 14, item 3): each is one line naming what is wrong, never a traceback.
+TYPED_VALUES = [
+    (["submit", "--task", "debug.noop", "--priority", "99999999999"], r"priority must be a whole number between"),
+    (["submit", "--task", "debug.noop", "--priority", "-99999999999"], r"priority must be a whole number between"),
+    (["submit", "--task", "debug.noop", "--max-attempts", "99999999999"], r"max_attempts must be a whole number"),
+    (["list", "--limit", "100000000000000000000"], r"--limit must be between 1 and \d+"),
+    (["submit", "--task", "debug.noop", "--param", "x=Infinity"], r"^geoworker: x: numbers must be finite"),
+    (["submit", "--task", "debug.noop", "--param", "x=-Infinity"], r"^geoworker: x: numbers must be finite"),
+    (["submit", "--task", "debug.noop", "--param", "x=NaN"], r"^geoworker: x: numbers must be finite"),
+    (["submit", "--task", "debug.noop", "--param", 'x="a\\u0000b"'], r"^geoworker: x: strings must not contain NUL"),
+    (["submit", "--task", "debug.noop", "--param", 'x="\\ud800"'], r"^geoworker: x: strings must be valid Unicode"),
+    (["submit", "--task", "debug.noop", "--param", "x=\udcff"], r"^geoworker: x: strings must be valid Unicode"),
+    (["submit", "--task", "debug.noop", "--param", "\udcff=1"], r"strings must be valid Unicode"),
+    (["submit", "--task", "debug.noop", "--param", "x=" + "[" * 100_000], r"--param x: the value is nested too deeply"),
+    (["retry", "zz"], r"no job 'zz' \(a job id is a UUID\)"),
+    (["run", "--concurrency", "99999999999"], r"--concurrency must be between 1 and \d+"),
+]
+
+
+@pytest.mark.parametrize("args,pattern", TYPED_VALUES, ids=[" ".join(a)[-40:] for a, _ in TYPED_VALUES])
+def test_typed_values_are_one_line_and_create_nothing(env, tmp_path, db, args, pattern):
+    user_error(run_cli(args, env, cwd=tmp_path), pattern)
+    assert db.statuses() == {}  # refused before anything was written
+
+
+def test_a_value_the_database_refuses_is_one_line_and_not_an_outage(queue):
+    """What the boundary checks missed: SQLSTATE class 22 is DataRefused (permanent), not DatabaseUnavailable."""
+    from geoworker.errors import DatabaseUnavailable, DataRefused
+
+    with pytest.raises(DataRefused) as refused:
+        queue.list(limit=10**20)  # past bigint, straight to the database
+    assert not isinstance(refused.value, DatabaseUnavailable) and refused.value.permanent
+    assert str(refused.value).splitlines() == [str(refused.value)]
+    assert "bigint out of range" in str(refused.value)
+    assert queue.list(limit=5) == []  # the connection is still good

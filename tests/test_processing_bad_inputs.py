@@ -129,13 +129,19 @@ def test_tiny_file_declaring_a_million_by_a_million(tmp_path):
     assert "TIFF is truncated" in refused(src, tmp_path).message
 
 
-def test_absurd_pixel_count_is_too_large(tmp_path):
+def test_huge_sparse_file_is_named_a_decompression_bomb(tmp_path):
     src = tmp_path / "huge.tif"
     src.write_bytes(rasters.minimal_tiff(4_000_000, 4_000_000, compression=8, strip_bytes=64))
     with open(src, "r+b") as fh:
         fh.truncate(4 << 30)  # sparse: a plausible size on paper, nothing on disk
     err = refused(src, tmp_path, Options(max_file_size=1 << 40))
-    assert err.code == "too_large" and "gigapixels" in err.message
+    assert err.code == "invalid_input"
+    assert err.message == ("the TIFF declares 4,000,000 x 4,000,000 pixels (16.0 TB of pixel data) but holds only "
+                           "64 bytes of pixel data: refused as a decompression bomb (a sparse or hostile file, or a "
+                           "corrupt header)")
+    # without the header parser, GDAL's view of the same file meets the pixel budget
+    err = refused(src, tmp_path, Options(max_file_size=1 << 40, validate_headers=False))
+    assert err.code == "too_large" and "4,000,000 x 4,000,000 pixels" in err.message and "gigapixels" in err.message
 
 
 def test_file_above_max_file_size(tmp_path):
@@ -203,3 +209,27 @@ def test_coordinates_nowhere_on_earth_fail_at_once_as_invalid_input(tmp_path):
         ds.write(np.ones((1, 10, 10), dtype="uint8"))
     with pytest.raises(InvalidInput, match="implausible"):
         process_file(src, tmp_path / "out", Options())
+
+
+def test_deflate_bomb_is_refused_before_decoding_naming_its_declared_size(tmp_path):
+    """Issue 14: 100,000 x 100,000 x 3 zeros in DEFLATE tiles is 34 MB (880:1, under DEFLATE's
+    own ceiling, so no compression ratio catches it) and 30 GB to decode."""
+    src = rasters.deflate_bomb(tmp_path / "zeros.tif")
+    assert 20e6 < src.stat().st_size < 50e6
+    err = refused(src, tmp_path, Options(max_file_size=1 << 30))
+    assert err.code == "too_large"
+    assert err.message.startswith("the TIFF declares 100,000 x 100,000 pixels x 3 bands of uint8 "
+                                  "(10.0 gigapixels, 30.0 GB once decoded): more than the 4.3 gigapixels")
+    # the decoded-bytes half of the budget, and a job lowering it
+    err = refused(src, tmp_path, Options(max_file_size=1 << 30, max_pixels=1 << 40))
+    assert err.code == "too_large" and "30.0 GB once decoded): more than the 8.6 GB" in err.message
+    small = rasters.write(tmp_path / "small.tif", rasters.gradient_rgb(100, 100))
+    err = refused(small, tmp_path, Options.from_mapping({}, {"maxDecodedBytes": 29_999}))
+    assert "100 x 100 pixels x 3 bands of uint8" in err.message and "max_decoded_bytes = 29999" in err.message
+
+
+def test_sparse_deflate_bomb_holds_no_pixel_data(tmp_path):
+    src = rasters.deflate_bomb(tmp_path / "sparse.tif", sparse=True)
+    err = refused(src, tmp_path, Options(max_file_size=1 << 30))
+    assert err.code == "invalid_input" and "declares 100,000 x 100,000 pixels" in err.message
+    assert "refused as a decompression bomb" in err.message

@@ -65,6 +65,40 @@ def test_params_that_are_not_a_mapping_are_bad_params():
         Options.from_mapping(CONFIG, ["max_size", 3])  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("name", ["max_pixels", "max_decoded_bytes", "max_file_size"])
+def test_a_job_can_lower_the_operators_limits_but_never_raise_them(name):
+    limits = {**CONFIG, "max_pixels": 10_000, "max_decoded_bytes": 30_000, "max_file_size": 1000}
+    camel = "".join(w.capitalize() if i else w for i, w in enumerate(name.split("_")))
+    assert getattr(Options.from_mapping(limits, {camel: 500}), name) == 500
+    assert getattr(Options.from_mapping(limits, {}), name) == limits[name]
+    with pytest.raises(BadParams, match=f"^{name} can only lower this worker's limit of {limits[name]}, got 100000$"):
+        Options.from_mapping(limits, {name: 100_000})
+
+
+def test_budget_defaults_come_from_the_processing_settings(tmp_path):
+    from geoworker.config import load_settings
+    from geoworker.processing.options import defaults_from_settings
+
+    default = Options()
+    settings = load_settings(None, environ={}, base_dir=tmp_path)
+    assert (settings.processing.max_pixels, settings.processing.max_decoded_bytes) == \
+        (default.max_pixels, default.max_decoded_bytes) == (1 << 32, 8 << 30)
+    settings = load_settings(None, environ={"GEOWORKER_PROCESSING_MAX_PIXELS": "1000000",
+                                            "GEOWORKER_PROCESSING_MAX_DECODED_BYTES": "3000000"}, base_dir=tmp_path)
+    options = Options.from_mapping(defaults_from_settings(settings), {})
+    assert (options.max_pixels, options.max_decoded_bytes) == (1_000_000, 3_000_000)
+    with pytest.raises(BadParams, match="can only lower"):
+        Options.from_mapping(defaults_from_settings(settings), {"maxPixels": 2_000_000})
+
+
+def test_rpc_height_param():
+    assert Options.from_mapping(CONFIG, {"rpcHeight": "812.5"}).rpc_height == 812.5
+    assert Options().rpc_height is None
+    for bad in ("high", 1e9, True, float("nan")):
+        with pytest.raises(BadParams, match="rpc_height must be a height in metres"):
+            Options.from_mapping(CONFIG, {"rpc_height": bad})
+
+
 # --- statistics and stretch -------------------------------------------------------------
 
 

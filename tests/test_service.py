@@ -385,7 +385,9 @@ def test_a_hung_database_does_not_stop_the_watchdog(make_service, queue, db, dsn
     proxy = FreezingProxy(dsn)
     try:
         job = queue.enqueue("debug.sleep", {"seconds": 120}, max_attempts=1)
-        svc = make_service(worker={"concurrency": 1, "max_processing_time": 4.0}, env={"DATABASE_URL": proxy.dsn})
+        # stale_after well past the deadline: the child would fence itself first otherwise (test_fencing.py)
+        svc = make_service(worker={"concurrency": 1, "max_processing_time": 4.0, "stale_after": 30.0},
+                           env={"DATABASE_URL": proxy.dsn})
         pid = wait_for(lambda: list(busy_children(db, svc)), 30, what="the job to start")[0]
         proxy.frozen.set()
         wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,

@@ -145,3 +145,51 @@ def test_geotiff_to_png_end_to_end_on_s3_with_download_urls(queue, settings, s3,
     png = requests.get(done.result["download_urls"]["image"], timeout=10)
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     assert done.result["download_urls_expire_in"] == 3600
+
+
+def test_a_tile_archive_and_a_tile_tree_in_s3_are_read_by_range(backend, s3, bucket, tmp_path):
+    """The API reads tiles out of a PMTiles archive where s3 keeps it, by ranged GETs; tile_dir is a tree."""
+    from geoworker.pmtiles_archive import Archive
+    from geoworker.processing.map_options import TileOptions
+    from geoworker.processing.tiles import make_tiles
+
+    src = write_geotiff(tmp_path / "site.tif")
+    out = tmp_path / "out"
+    made = make_tiles(src, out, TileOptions.from_mapping({}, {"tile_dir": True}))
+    refs = backend.store_outputs(Job(JOB_ID), {kind: out / name for kind, name in made["outputs"].items()})
+    assert refs["tile_dir"] == f"s3://{bucket}/tenant-a/jobs/{JOB_ID}/output/tiles/"
+    keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket, Prefix=f"tenant-a/jobs/{JOB_ID}/output/tiles/")
+            .get("Contents", [])}
+    local_tiles = sorted((out / "tiles").rglob("*.png"))
+    assert len(keys) == len(local_tiles) > 0
+
+    reads: list[tuple[int, int]] = []
+
+    def read(offset: int, length: int) -> bytes:
+        reads.append((offset, length))
+        return backend.read_range(refs["pmtiles"], offset, length)
+
+    archive = Archive(read)
+    for path in local_tiles:
+        z, x, y = int(path.parent.parent.name), int(path.parent.name), int(path.stem)
+        assert archive.tile(z, x, y) == path.read_bytes()
+    assert archive.tile(0, 0, 0) is None
+    size = (out / made["outputs"]["pmtiles"]).stat().st_size
+    assert len(reads) == 1 + len(local_tiles), "one read for the header and directory, then one per tile"
+    assert all(length < size for _, length in reads[1:]), "ranged reads, never the whole archive"
+
+
+def test_sidecars_are_stored_beside_the_input_in_s3_and_fetched_with_it(backend, bucket, tmp_path):
+    src = write_geotiff(tmp_path / "up" / "Site Plan.tif")
+    (src.parent / "Site Plan.tfw").write_text("2\n0\n0\n-2\n400000\n1700000\n")
+    (src.parent / "Site Plan.tif.aux.xml").write_text("<PAMDataset/>")
+    ref = backend.import_file(JOB_ID, src)
+    ref = backend.import_sidecars(JOB_ID, ref, src.name, [src.parent / "Site Plan.tfw",
+                                                          src.parent / "Site Plan.tif.aux.xml"])
+    assert [s["url"] for s in ref["sidecars"]] == [
+        f"s3://{bucket}/tenant-a/jobs/{JOB_ID}/input/Site_Plan.tfw",
+        f"s3://{bucket}/tenant-a/jobs/{JOB_ID}/input/Site_Plan.tif.aux.xml"]
+    got = backend.fetch(Job(JOB_ID, ref), tmp_path / "work")
+    assert got.path.name == "Site_Plan.tif"
+    assert sorted(p.name for p in got.sidecars) == ["Site_Plan.tfw", "Site_Plan.tif.aux.xml"]
+    assert (tmp_path / "work" / "Site_Plan.tfw").read_text().startswith("2\n")

@@ -95,7 +95,7 @@ class AccessLog:
 
 def create_app(settings, dsn: str | None = None) -> FastAPI:
     """The application for `settings` (dsn: the database to use, default the configured one)."""
-    from geoworker.api import files, user, worker
+    from geoworker.api import files, tiles, user, worker
 
     state = ApiState(settings, dsn)
 
@@ -115,6 +115,7 @@ def create_app(settings, dsn: str | None = None) -> FastAPI:
     app.include_router(user.router)
     app.include_router(files.router)
     app.include_router(worker.router)
+    app.include_router(tiles.router)
 
     @app.get("/health", response_model=Health, tags=["health"], summary="Database reachable, schema current",
              responses={503: {"model": Health, "description": "unhealthy"}})

@@ -29,7 +29,10 @@ from geoworker.api.user import FILES_PREFIX, UPLOAD_PREFIX, api_state
 from geoworker.api.views import user_job
 from geoworker.errors import InvalidInput, InvalidState, JobNotFound, TooLarge
 from geoworker.storage.content_types import content_type_for
+from geoworker.storage import ziparchive
 from geoworker.storage.names import safe_filename
+from geoworker.storage.stream import write_capped
+from geoworker.storage.workdir import create_workdir, remove_workdir
 from geoworker.jobs import Job, Status
 
 router = APIRouter(tags=["signed URLs"])
@@ -73,7 +76,7 @@ async def put_upload(job_id: str, file_name: str, request: Request,
         from geoworker.storage.checks import check_content_type
 
         try:
-            check_content_type(content_type, source="the upload")
+            check_content_type(content_type, source="the upload", archives=True)
         except InvalidInput as exc:
             raise ApiError(415, str(exc)) from None
     if job_id in state.uploading:  # one event loop: no await between this check and the add
@@ -110,8 +113,8 @@ def _from_async(stream: AsyncIterator[bytes]) -> Iterator[bytes]:
             yield chunk
 
 
-def _checked(chunks: Iterable[bytes], size: int, check_magic: bool) -> Iterator[bytes]:
-    """Pass the body through, refusing it past `size`, short of `size`, or without a TIFF signature."""
+def _checked(chunks: Iterable[bytes], size: int, check_magic: bool, as_zip: bool = False) -> Iterator[bytes]:
+    """Pass the body through, refusing it past `size`, short of `size`, or without a TIFF (or ZIP) signature."""
     from geoworker.processing.validate import TIFF_MAGICS, sniff_kind
 
     total, head = 0, b""
@@ -121,7 +124,9 @@ def _checked(chunks: Iterable[bytes], size: int, check_magic: bool) -> Iterator[
             raise TooLarge(f"the body is larger than the {size} bytes this upload URL was issued for")
         if check_magic and len(head) < 64:
             head += chunk[: 64 - len(head)]
-            if len(head) >= 4 and head[:4] not in TIFF_MAGICS:
+            if as_zip and len(head) >= 4 and not ziparchive.is_zip(head):
+                raise InvalidInput("the upload is named or declared as a ZIP but does not start with a ZIP signature")
+            if not as_zip and len(head) >= 4 and head[:4] not in TIFF_MAGICS:
                 kind = sniff_kind(head)
                 raise InvalidInput(f"the upload is {kind}, not a TIFF" if kind else
                                    "the upload does not start with a TIFF signature (49 49 2a 00 or 4d 4d 00 2a)")
@@ -136,8 +141,13 @@ def _store(state: ApiState, job: Job, file_name: str, chunks: Iterator[bytes], s
            content_type: str | None) -> dict[str, Any]:
     """Stream the body into storage; on any refusal nothing is left behind."""
     name = safe_filename(file_name)
-    body = _checked(chunks, size, state.settings.storage.validate_headers)
-    try:  # local streams it into place; s3 goes through a private temporary copy
+    media = (content_type or "").split(";")[0].strip().lower()
+    as_zip = name.lower().endswith(".zip") or media in ziparchive.ZIP_TYPES
+    body = _checked(chunks, size, state.settings.storage.validate_headers, as_zip)
+    try:
+        if as_zip:
+            return _store_zip(state, job, body, size)
+        # local streams it into place; s3 goes through a private temporary copy
         return state.backend().receive_input(job.id, name, body, max_size=size, content_type=content_type)
     except TooLarge as exc:
         raise ApiError(413, f"{exc}; nothing was stored", code="too_large") from None
@@ -147,6 +157,28 @@ def _store(state: ApiState, job: Job, file_name: str, chunks: Iterator[bytes], s
         raise ApiError(400, "the client went away before the whole body arrived; nothing was stored") from None
     except InvalidState as exc:  # the same URL used at once through another API process
         raise ApiError(409, str(exc), code="invalid_state") from None
+
+
+def _store_zip(state: ApiState, job: Job, body: Iterator[bytes], size: int) -> dict[str, Any]:
+    """A ZIP of a GeoTIFF and its sidecars: unpacked safely in a private directory (storage.ziparchive),
+    then the TIFF stored as the input and the sidecars GDAL would read with it beside it."""
+    from geoworker.processing.read import sidecar_files  # late: rasterio, only for ZIP uploads
+
+    backend = state.backend()
+    workdir = create_workdir(state.settings.storage.temp_dir, job.id)
+    try:
+        archive = workdir / "upload.zip"
+        write_capped(body, archive, size)
+        files = workdir / "files"
+        files.mkdir(mode=0o700)
+        tiff, others = ziparchive.unpack(archive, files, state.settings.storage.max_file_size)
+        kept = sidecar_files(tiff)
+        if dropped := sorted(p.name for p in others if p not in kept):
+            logger.info(f"job {job.id}: the ZIP's {', '.join(dropped)} are no sidecars of {tiff.name}; left out")
+        ref = backend.import_file(job.id, tiff)
+        return backend.import_sidecars(job.id, ref, tiff.name, kept) if kept else ref
+    finally:
+        remove_workdir(workdir)
 
 
 def _queue(state: ApiState, job: Job, ref: dict[str, Any]) -> Job:

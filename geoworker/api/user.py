@@ -135,7 +135,7 @@ def upload_url(job_id: str, body: UploadRequest, request: Request, owner: str = 
                             f"({limit} bytes, storage.max_file_size)", field="fileSize", code="too_large")
     if settings.storage.validate_headers:
         try:
-            check_content_type(body.fileType, source="fileType")
+            check_content_type(body.fileType, source="fileType", archives=True)
         except InvalidInput as exc:
             raise ApiError(422, f"fileType: {exc}", field="fileType") from None
     name = safe_filename(body.fileName)

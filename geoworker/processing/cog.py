@@ -34,9 +34,22 @@ from rasterio.enums import ColorInterp
 from geoworker.errors import GeoworkerError, Unsupported
 from geoworker.processing import cog_jpeg, encode, georef, metadata, read, render
 from geoworker.processing.map_options import CogOptions
-from geoworker.processing.pipeline import (READ_THREADS, STATS_SIZE, Progress, Run, Source, file_doc,
-                                           gdal_errors_are_input_errors, open_source, render_bands, sanitise_stem,
-                                           statistics, stats_doc, summary_doc)
+from geoworker.processing.pipeline import (
+    READ_THREADS,
+    STATS_SIZE,
+    Progress,
+    Run,
+    Source,
+    detects_classes,
+    file_doc,
+    gdal_errors_are_input_errors,
+    open_source,
+    render_bands,
+    sanitise_stem,
+    statistics,
+    stats_doc,
+    summary_doc,
+)
 
 BLOCK_SIZE = 512
 SMALLEST_OVERVIEW = 256  # overviews go down until the long side is at most this
@@ -247,7 +260,7 @@ def _validate(path: Path, run: Run) -> dict:
 def _preview(cog: rasterio.DatasetReader, options: CogOptions, run: Run):
     """Statistics and the thumbnail, from the COG's own overviews (a read of a few hundred kB)."""
     base = options.base
-    plan = read.plan_bands(cog, base.bands)
+    plan = read.plan_bands(cog, base.bands, detects_classes(base))
     shape = read.output_shape(cog.width, cog.height, STATS_SIZE)
     data, valid = read.read_decimated(cog, plan, shape, base.resampling, threads=READ_THREADS)
     stats = statistics(data, valid, plan.indexes, base.percentiles)
@@ -309,9 +322,9 @@ def make_cog(src: str | Path, out_dir: str | Path, options: CogOptions, progress
             source = open_source(src, base, run, stack)
             sha = pool.submit(metadata.sha256_file, src)  # overlaps the COG write; hashlib frees the GIL
             pool.submit(importlib.import_module, "rio_cogeo.cogeo")  # 0.2 s of imports, off the critical path
-            doc = summary_doc(source)
+            doc = summary_doc(source, base)
             size = _check_scheme(source, options)
-            plan = cog_plan(source.ds, read.plan_bands(source.ds, base.bands), options, size)
+            plan = cog_plan(source.ds, read.plan_bands(source.ds, base.bands, detects_classes(base)), options, size)
         out_dir.mkdir(parents=True, exist_ok=True)
         outputs: dict[str, str | None] = {"cog": f"{stem}.cog.tif"}
         sizes: dict[str, int] = {}

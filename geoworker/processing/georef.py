@@ -1,16 +1,24 @@
 """Output grids, world files, PAM sidecars and the warp to another CRS.
 
-Everything but `warp_image` is arithmetic on Affine transforms and CRSs.
+World files and PAM documents are arithmetic on Affine transforms; the output grid of a
+warp is GDAL's own choice (its suggested warp output, what gdalwarp uses), and the warp
+is GDAL's warper.
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 from affine import Affine
+from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.errors import CRSError, RasterioError
+from rasterio.rpc import RPC
+from rasterio.transform import RPCTransformer
+from rasterio.warp import calculate_default_transform, reproject, transform as transform_points, transform_bounds
 
 try:  # GDAL's own errors (CPLE_NotSupportedError, ...) as rasterio raises them
     from rasterio._err import CPLE_BaseError
@@ -19,8 +27,6 @@ except ImportError:  # pragma: no cover - a rasterio that moved it
 
 # what PROJ/GDAL raise for a CRS or coordinates they cannot handle
 PROJ_ERRORS = (ValueError, CRSError, RasterioError, CPLE_BaseError)
-from rasterio.enums import Resampling
-from rasterio.warp import reproject, transform as transform_points, transform_bounds
 
 WGS84 = CRS.from_epsg(4326)
 
@@ -98,23 +104,99 @@ def grid_bounds(transform: Affine, width: int, height: int) -> tuple[float, floa
     return min(xs), min(ys), max(xs), max(ys)
 
 
-def corners_to_wgs84(crs: CRS, corners: dict[str, tuple[float, float]]) -> dict[str, list[float]] | None:
-    """Args: crs: the corners' CRS; corners: as grid_corners returns.
-    Returns: the same corners as [lon, lat], or None where PROJ cannot transform them."""
-    try:
-        xs, ys = transform_points(crs, WGS84, [p[0] for p in corners.values()], [p[1] for p in corners.values()])
-    except PROJ_ERRORS:
-        return None
-    return {name: [float(x), float(y)] for name, x, y in zip(corners, xs, ys)}
+def _wgs84_corners(crs: CRS, transform: Affine | None, size: tuple[int, int], rpcs: RPC | None,
+                   rpc_height: float | None) -> list[tuple[float, float]]:
+    width, height = size
+    cols, rows = [0, width, width, 0], [0, 0, height, height]
+    if rpcs is not None:
+        with RPCTransformer(rpcs, **rpc_options(rpc_height)) as rpc:
+            lons, lats = rpc.xy(rows, cols, offset="ul")
+        return list(zip(np.atleast_1d(lons).tolist(), np.atleast_1d(lats).tolist()))
+    xs, ys = zip(*(transform @ (c, r) for c, r in zip(cols, rows)))
+    lons, lats = transform_points(crs, WGS84, list(xs), list(ys))
+    return list(zip(lons, lats))
 
 
-def bounds_to_wgs84(crs: CRS, bounds: tuple[float, float, float, float]) -> list[float] | None:
-    """Args: crs: the bounds' CRS; bounds: (left, bottom, right, top).
-    Returns: [west, south, east, north], or None where PROJ cannot transform them."""
+def footprint_wgs84(crs: CRS, transform: Affine | None, size: tuple[int, int], rpcs: RPC | None = None,
+                    rpc_height: float | None = None) -> tuple[list[float] | None, dict[str, list[float] | None] | None]:
+    """Where a grid lies in longitude/latitude: its bounds and its four corners.
+
+    Bounds cover the whole footprint (a pole inside it included). A footprint across the
+    antimeridian gets continuous longitudes (east above 180), as the output grid does. A
+    footprint whose edges do not all transform (a full-disk geostationary image) is
+    bounded by GDAL's suggested warp output, as gdalwarp's would be.
+
+    Args:
+        crs: the grid's CRS (EPSG:4326 for RPCs).
+        transform: the grid's transform (None with RPCs).
+        size: its (width, height).
+        rpcs: rational polynomial coefficients instead of a transform.
+        rpc_height: the RPC height (m), or None for GDAL's default.
+    Returns:
+        ([west, south, east, north], {upper_left: [lon, lat] or None (off the Earth), ...}),
+        or (None, None) where PROJ cannot reach longitude/latitude at all.
+    """
     try:
-        return [float(v) for v in transform_bounds(crs, WGS84, *bounds, densify_pts=21)]
+        bounds = None
+        if rpcs is None:
+            bounds = [float(v) for v in transform_bounds(crs, WGS84, *grid_bounds(transform, *size),
+                                                         densify_pts=21)]
+        if bounds is None or not all(math.isfinite(v) for v in bounds):
+            grid, w, h = suggested_grid(transform, size, crs, WGS84, rpcs, rpc_height)
+            bounds = [grid.c, grid.f + h * grid.e, grid.c + w * grid.a, grid.f]
+        corners = _wgs84_corners(crs, transform, size, rpcs, rpc_height)
     except PROJ_ERRORS:
+        return None, None
+    if bounds[0] > bounds[2]:  # across the antimeridian: continuous longitudes
+        bounds[2] += 360.0
+    names = ("upper_left", "upper_right", "lower_right", "lower_left")
+    out: dict[str, list[float] | None] = {}
+    for name, (lon, lat) in zip(names, corners):
+        if not (math.isfinite(lon) and math.isfinite(lat)):
+            out[name] = None
+            continue
+        if bounds[2] > 180 and lon < bounds[0] - 1e-9:
+            lon += 360.0
+        out[name] = [float(lon), float(lat)]
+    return bounds, out
+
+
+# An ellipsoid's semi-major axis in metres; Earth's (WGS84, Clarke, Bessel, spheres...) all lie here.
+EARTH_SEMI_MAJOR = (6.3e6, 6.45e6)
+_ELLIPSOID = re.compile(r'(?:SPHEROID|ELLIPSOID)\["([^"]*)",\s*([-+0-9.eE]+)')
+
+
+def ellipsoid(crs: CRS) -> tuple[str, float] | None:
+    """Args: crs: a CRS. Returns: (its ellipsoid's name, semi-major axis in metres), or None without one."""
+    match = _ELLIPSOID.search(crs.to_wkt())  # WKT1 gives the axis in metres
+    if not match:
         return None
+    try:
+        return match.group(1), float(match.group(2))
+    except ValueError:
+        return None
+
+
+def other_body(crs: CRS) -> str | None:
+    """Name the body a CRS is on when it is not Earth (Mars, the Moon...).
+
+    Args:
+        crs: a CRS.
+    Returns:
+        e.g. 'ellipsoid "Mars_2000_IAU_IAG", radius 3,396,190 m', or None for Earth (or no ellipsoid).
+    """
+    found = ellipsoid(crs)
+    if found is None or EARTH_SEMI_MAJOR[0] <= found[1] <= EARTH_SEMI_MAJOR[1]:
+        return None
+    return f'ellipsoid "{found[0]}", radius {found[1]:,.0f} m'
+
+
+def same_body(a: CRS, b: CRS) -> bool:
+    """Args: a, b: two CRSs. Returns: whether they are on the same body (ellipsoid radii within 5%)."""
+    ea, eb = ellipsoid(a), ellipsoid(b)
+    ra = ea[1] if ea else 6378137.0
+    rb = eb[1] if eb else 6378137.0
+    return abs(ra - rb) <= 0.05 * max(ra, rb)
 
 
 def mappable(crs: CRS) -> bool:
@@ -151,45 +233,140 @@ def check_plausible(crs: CRS, bounds: tuple[float, float, float, float]) -> None
                            f"{crs.to_string() or 'its CRS'}; check the geotransform")
 
 
-def _edge_points(transform: Affine, width: int, height: int, n: int = 21) -> tuple[np.ndarray, np.ndarray]:
-    t = np.linspace(0, 1, n)
-    cols = np.concatenate([t * width, np.full(n, width), t[::-1] * width, np.zeros(n)])
-    rows = np.concatenate([np.zeros(n), t * height, np.full(n, height), t[::-1] * height])
-    xs = transform.a * cols + transform.b * rows + transform.c
-    ys = transform.d * cols + transform.e * rows + transform.f
-    return xs, ys
+def corner_gcps(transform: Affine, width: int, height: int) -> list[GroundControlPoint]:
+    """Four ground control points that carry a (rotated or sheared) affine grid exactly.
 
-
-def warp_grid(src_transform: Affine, src_size: tuple[int, int], src_crs: CRS, dst_crs: CRS,
-              max_size: int) -> tuple[Affine, int, int]:
-    """A north-up grid in dst_crs covering the source, with about as many pixels, long side <= max_size.
-
-    Works for rotated and sheared source transforms: the source grid's densified
-    edges are projected, not its axis-aligned bounds.
+    GDAL's suggested-output logic takes bounds (north-up only), GCPs or RPCs: a first-order
+    polynomial through the four corners is the affine transform itself.
 
     Args:
-        src_transform: the (decimated) source grid's transform.
+        transform: the grid's transform.
+        width, height: the grid's size.
+    Returns:
+        the GCPs, pixel (col, row) -> (x, y).
+    """
+    points = []
+    for name, (col, row) in {"ul": (0, 0), "ur": (width, 0), "lr": (width, height), "ll": (0, height)}.items():
+        x, y = transform @ (col, row)
+        points.append(GroundControlPoint(row=row, col=col, x=x, y=y, z=0.0, id=name, info=name))
+    return points
+
+
+def scaled_rpcs(rpcs: RPC, src_size: tuple[int, int], out_size: tuple[int, int]) -> RPC:
+    """The same RPC model for the image resampled to another pixel size.
+
+    GDAL's RPC pixel coordinates are pixel centres: a centre at p in the source is at
+    (p + 0.5) / s - 0.5 in an image s times coarser.
+
+    Args:
+        rpcs: the source's rational polynomial coefficients.
+        src_size: the source (width, height).
+        out_size: the resampled (width, height).
+    Returns:
+        a new RPC whose line/sample offsets and scales fit the resampled grid.
+    """
+    sx, sy = src_size[0] / out_size[0], src_size[1] / out_size[1]
+    values = rpcs.to_dict()
+    values.update(samp_off=(rpcs.samp_off + 0.5) / sx - 0.5, samp_scale=rpcs.samp_scale / sx,
+                  line_off=(rpcs.line_off + 0.5) / sy - 0.5, line_scale=rpcs.line_scale / sy)
+    return RPC(**values)
+
+
+def rpc_options(rpc_height: float | None) -> dict[str, str]:
+    """GDAL transformer options for an RPC warp: a fixed height (m) or GDAL's default (HEIGHT_DEFAULT, else 0)."""
+    return {} if rpc_height is None else {"RPC_HEIGHT": repr(float(rpc_height))}
+
+
+def _span_x(grid: tuple[Affine, int, int]) -> float:
+    transform, width, _ = grid
+    return abs(transform.a * width)
+
+
+def suggested_grid(src_transform: Affine | None, src_size: tuple[int, int], src_crs: CRS, dst_crs: CRS,
+                   rpcs: RPC | None = None, rpc_height: float | None = None) -> tuple[Affine, int, int]:
+    """The output grid gdalwarp would choose: GDAL's suggested warp output (GDALSuggestedWarpOutput2).
+
+    GDAL samples the source's edges and, where they fail to transform (a full-disk
+    geostationary image, whose corners are in space), its interior; it detects a pole
+    inside the source and extends the extent to it. One thing gdalwarp only does when told
+    (--config CENTER_LONG 180): a source across the antimeridian, warped to longitude/latitude,
+    becomes a strip round the whole globe; when the grid centred on 180 degrees is narrower,
+    it is used instead, with continuous longitudes (178 to 181.5 rather than -180 to 180).
+
+    Args:
+        src_transform: the source grid's transform (None with RPCs).
+        src_size: its (width, height).
+        src_crs: its CRS (EPSG:4326 for RPCs).
+        dst_crs: the output CRS.
+        rpcs: rational polynomial coefficients instead of a transform.
+        rpc_height: the height (m) the RPC model is evaluated at, or None for GDAL's default.
+    Returns:
+        (transform, width, height) of the suggested output grid.
+    Raises:
+        one of PROJ_ERRORS when nothing of the source can be transformed.
+    """
+    width, height = src_size
+    if rpcs is not None:
+        where: dict = {"rpcs": rpcs, **rpc_options(rpc_height)}
+    elif src_transform.b or src_transform.d:
+        where = {"gcps": corner_gcps(src_transform, width, height)}
+    else:
+        where = dict(zip(("left", "bottom", "right", "top"), grid_bounds(src_transform, width, height)))
+
+    def suggest(crs: CRS) -> tuple[Affine, int, int]:
+        transform, w, h = calculate_default_transform(src_crs, crs, width, height, **where)
+        if not all(math.isfinite(v) for v in transform[:6]):
+            raise ValueError("no point of the source can be transformed to the output CRS")
+        return transform, max(1, w), max(1, h)
+
+    grid = suggest(dst_crs)
+    if dst_crs.is_geographic and _span_x(grid) > 180:
+        # gdalwarp's CENTER_LONG, as a CRS of its own: GDAL caches coordinate transformations
+        # by CRS, so the config option would not reach a transformation made a moment ago
+        try:
+            centred = suggest(CRS.from_proj4(f"{dst_crs.to_proj4()} +lon_wrap=180"))
+        except PROJ_ERRORS:
+            return grid
+        if _span_x(centred) < _span_x(grid) / 2:
+            return centred
+    return grid
+
+
+def fit_grid(transform: Affine, width: int, height: int, max_size: int) -> tuple[Affine, int, int]:
+    """The same extent on fewer pixels, so that the long side is at most max_size.
+
+    Args:
+        transform: a north-up grid's transform.
+        width, height: its size.
+        max_size: the longest side allowed.
+    Returns:
+        (transform, width, height); the extent is kept exactly (pixels may become slightly
+        non-square, as with gdalwarp -ts).
+    """
+    if max(width, height) <= max_size:
+        return transform, width, height
+    factor = max(width, height) / max_size
+    w = max(1, min(max_size, round(width / factor)))
+    h = max(1, min(max_size, round(height / factor)))
+    return Affine(transform.a * width / w, 0.0, transform.c, 0.0, transform.e * height / h, transform.f), w, h
+
+
+def warp_grid(src_transform: Affine | None, src_size: tuple[int, int], src_crs: CRS, dst_crs: CRS,
+              max_size: int, rpcs: RPC | None = None, rpc_height: float | None = None) -> tuple[Affine, int, int]:
+    """A north-up grid in dst_crs covering the source, as gdalwarp chooses it, long side <= max_size.
+
+    Args:
+        src_transform: the (decimated) source grid's transform (None with RPCs).
         src_size: its (width, height).
         src_crs: its CRS.
         dst_crs: the output CRS.
         max_size: the longest side allowed.
+        rpcs: the (decimated) source's RPCs instead of a transform.
+        rpc_height: the RPC height (m), or None for GDAL's default.
     Returns:
         (dst_transform, width, height).
     """
-    w, h = src_size
-    xs, ys = _edge_points(src_transform, w, h)
-    dx, dy = transform_points(src_crs, dst_crs, xs.tolist(), ys.tolist())
-    dx, dy = np.asarray(dx), np.asarray(dy)
-    ok = np.isfinite(dx) & np.isfinite(dy)
-    if not ok.any():
-        raise ValueError("the source footprint cannot be projected to the output CRS")
-    left, right, bottom, top = dx[ok].min(), dx[ok].max(), dy[ok].min(), dy[ok].max()
-    span_x, span_y = max(right - left, 1e-12), max(top - bottom, 1e-12)
-    res = math.sqrt(span_x * span_y / max(1, w * h))
-    res = max(res, max(span_x, span_y) / max_size)
-    width = max(1, min(max_size, math.ceil(span_x / res - 1e-9)))
-    height = max(1, min(max_size, math.ceil(span_y / res - 1e-9)))
-    return Affine(span_x / width, 0, left, 0, -span_y / height, top), width, height
+    return fit_grid(*suggested_grid(src_transform, src_size, src_crs, dst_crs, rpcs, rpc_height), max_size)
 
 
 # The rendered image is already at the output resolution (the decimated read averaged
@@ -199,9 +376,10 @@ def warp_grid(src_transform: Affine, src_size: tuple[int, int], src_crs: CRS, ds
 WARP_RESAMPLING = "nearest"
 
 
-def warp_image(image: np.ndarray, valid: np.ndarray | None, src_transform: Affine, src_crs: CRS,
+def warp_image(image: np.ndarray, valid: np.ndarray | None, src_transform: Affine | None, src_crs: CRS,
                dst_transform: Affine, dst_crs: CRS, dst_shape: tuple[int, int], resampling: str = WARP_RESAMPLING,
-               num_threads: int = 2) -> tuple[np.ndarray, np.ndarray]:
+               num_threads: int = 2, rpcs: RPC | None = None,
+               rpc_height: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Reproject rendered uint8 bands onto the output grid; outside the source is invalid.
 
     The validity travels as one more plain band (0/255) through the same nearest-neighbour
@@ -211,11 +389,12 @@ def warp_image(image: np.ndarray, valid: np.ndarray | None, src_transform: Affin
     Args:
         image: (c, h, w) uint8 rendered bands (without alpha).
         valid: source validity, or None for all valid.
-        src_transform, src_crs: the source grid.
+        src_transform, src_crs: the source grid (no transform with RPCs).
         dst_transform, dst_crs, dst_shape: the output grid (height, width).
         resampling: a Resampling name; anything but nearest also warps the 0/255 validity band
             with it, and pixels under half valid become invalid.
         num_threads: warper threads.
+        rpcs, rpc_height: the source's RPC model (scaled to `image`) instead of a transform.
     Returns:
         (warped bands (c, H, W), valid (H, W) boolean).
     """
@@ -228,9 +407,10 @@ def warp_image(image: np.ndarray, valid: np.ndarray | None, src_transform: Affin
     # GDAL in-memory datasets, and pairs of RGB bands raised the peak RSS by 60-75 MB.
     bands = [*image, alpha]
     step = 2 if count == 1 else 1
+    where = {"src_transform": src_transform} if rpcs is None else {"rpcs": rpcs, **rpc_options(rpc_height)}
     for i in range(0, len(bands), step):
         group = bands[i] if step == 1 else np.stack(bands[i:i + step])
-        reproject(group, destination[i] if step == 1 else destination[i:i + step], src_transform=src_transform,
+        reproject(group, destination[i] if step == 1 else destination[i:i + step], **where,
                   src_crs=src_crs, dst_transform=dst_transform, dst_crs=dst_crs,
                   resampling=Resampling[resampling], num_threads=num_threads, init_dest_nodata=True,
                   warp_mem_limit=32)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from geoworker.errors import BadParams
-from geoworker.processing.options import Options, _bool, _choice, normalise_key
+from geoworker.processing.options import Options, check_bool, check_choice, normalise_key
 
 COMPRESSIONS = ("jpeg", "webp", "deflate", "lzw", "zstd")
 COMPRESSION_ALIASES = {"jpg": "jpeg"}
@@ -56,7 +56,7 @@ class TileOptions:
         Raises: BadParams naming the key."""
         values = _own_keys(params, ("zoom", "tile_format", "tile_dir"))
         return cls(Options.from_mapping(defaults, params), check_zoom(values.get("zoom")),
-                   check_tile_format(values.get("tile_format", "png")), _bool("tile_dir", values.get("tile_dir", False)))
+                   check_tile_format(values.get("tile_format", "png")), check_bool("tile_dir", values.get("tile_dir", False)))
 
     @property
     def extension(self) -> str:
@@ -73,7 +73,7 @@ def check_compression(value: Any) -> str | None:
     """Args: value: the `compression` param or None. Returns: a COMPRESSIONS name or None (automatic)."""
     if value is None or value == "" or (isinstance(value, str) and value.strip().lower() == "auto"):
         return None
-    return _choice("compression", value, COMPRESSIONS, COMPRESSION_ALIASES)
+    return check_choice("compression", value, COMPRESSIONS, COMPRESSION_ALIASES)
 
 
 def check_tiling_scheme(value: Any) -> str:
@@ -86,7 +86,7 @@ def check_tiling_scheme(value: Any) -> str:
 
 def check_tile_format(value: Any) -> str:
     """Args: value: the `tile_format` param. Returns: png, webp or jpeg."""
-    return _choice("tile_format", value, TILE_FORMATS, TILE_FORMAT_ALIASES)
+    return check_choice("tile_format", value, TILE_FORMATS, TILE_FORMAT_ALIASES)
 
 
 def check_zoom(value: Any) -> tuple[int, int] | None:

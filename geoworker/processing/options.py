@@ -21,6 +21,13 @@ READ_RESAMPLINGS = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "
 
 # [processing] config keys that differ from the Options field names.
 _CONFIG_KEYS = {"max_image_size": "max_size"}
+# Limits the operator sets: a job's params may lower them, never raise them.
+OPERATOR_LIMITS = ("max_file_size", "max_pixels", "max_decoded_bytes")
+# The decompression-bomb budget, checked before any pixel is decoded (config: [processing]).
+MAX_PIXELS = 1 << 32  # 4.3 gigapixels, e.g. 65,536 x 65,536
+MAX_DECODED_BYTES = 8 << 30  # 8 GiB of pixel data once decompressed (about 10 s of DEFLATE decoding)
+# Heights an RPC model may be evaluated at, metres above the ellipsoid (Dead Sea shore to above Everest).
+RPC_HEIGHT_RANGE = (-1000.0, 10000.0)
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,9 @@ class Options:
     output_format: str = "png"
     max_file_size: int = 104857600
     validate_headers: bool = True
+    max_pixels: int = MAX_PIXELS
+    max_decoded_bytes: int = MAX_DECODED_BYTES
+    rpc_height: float | None = None  # metres above the ellipsoid for an RPC-only image; None: GDAL's default
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -56,18 +66,28 @@ class Options:
         Returns:
             validated Options; unknown keys are ignored.
         Raises:
-            BadParams: a known key has a wrong type or value (the message names it).
+            BadParams: a known key has a wrong type or value (the message names it), or a
+                param tries to raise one of the operator's limits (OPERATOR_LIMITS).
         """
         names = {f.name for f in fields(cls)}
         values: dict[str, Any] = {}
-        for source in (defaults or {}, params or {}):
+        limits: dict[str, Any] = {}
+        for is_params, source in ((False, defaults or {}), (True, params or {})):
             if not isinstance(source, Mapping):
                 raise BadParams(f"params must be an object of key/value pairs, got {type(source).__name__}")
+            if is_params:
+                limits = dict(values)  # what the operator set, before any param
             for key, value in source.items():
                 name = normalise_key(key)
                 if name in names:
                     values[name] = value
-        return cls(**values)
+        options = cls(**values)
+        operator = cls(**{k: v for k, v in limits.items() if k in OPERATOR_LIMITS})
+        for name in OPERATOR_LIMITS:
+            if getattr(options, name) > getattr(operator, name):
+                raise BadParams(f"{name} can only lower this worker's limit of {getattr(operator, name)}, "
+                                f"got {getattr(options, name)}")
+        return options
 
     @property
     def extension(self) -> str:
@@ -76,6 +96,19 @@ class Options:
     @property
     def world_file_extension(self) -> str:
         return {"png": "pgw", "jpeg": "jgw", "webp": "wpw"}[self.output_format]
+
+
+def defaults_from_settings(settings) -> dict[str, Any]:
+    """The Options defaults an operator's Settings give: every [processing] key plus the storage limits.
+
+    Args:
+        settings: geoworker.config.Settings.
+    Returns:
+        a mapping for Options.from_mapping(defaults, params).
+    """
+    values = {f.name: getattr(settings.processing, f.name) for f in fields(settings.processing)}
+    values.update(max_file_size=settings.storage.max_file_size, validate_headers=settings.storage.validate_headers)
+    return values
 
 
 def normalise_key(key: Any) -> str:
@@ -100,7 +133,8 @@ def _int(name: str, value: Any, lo: int, hi: int) -> int:
     return value
 
 
-def _bool(name: str, value: Any) -> bool:
+def check_bool(name: str, value: Any) -> bool:
+    """A boolean parameter (true/false, yes/no, 1/0); BadParams naming it otherwise."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
@@ -110,7 +144,8 @@ def _bool(name: str, value: Any) -> bool:
     raise _bad(name, "true or false", value)
 
 
-def _choice(name: str, value: Any, choices: tuple[str, ...], aliases: Mapping[str, str] | None = None) -> str:
+def check_choice(name: str, value: Any, choices: tuple[str, ...], aliases: Mapping[str, str] | None = None) -> str:
+    """One of `choices` (case-insensitive, aliases resolved); BadParams naming the parameter otherwise."""
     text = value.strip().lower() if isinstance(value, str) else value
     if aliases and text in aliases:
         text = aliases[text]
@@ -162,7 +197,20 @@ def _colormap(value: Any) -> str | None:
 
     if value is None or value == "":
         return None
-    return _choice("colormap", value, tuple(sorted(COLORMAPS)), {"grey": "gray"})
+    return check_choice("colormap", value, tuple(sorted(COLORMAPS)), {"grey": "gray"})
+
+
+def _rpc_height(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    lo, hi = RPC_HEIGHT_RANGE
+    try:
+        height = float(value)
+    except (TypeError, ValueError):
+        height = math.nan
+    if isinstance(value, bool) or not lo <= height <= hi:
+        raise _bad("rpc_height", f"a height in metres between {lo:g} and {hi:g}", value)
+    return height
 
 
 def check_option(name: str, value: Any) -> Any:
@@ -173,16 +221,18 @@ def check_option(name: str, value: Any) -> Any:
         return _int(name, value, 0, 4096)
     if name == "compression_quality":
         return _int(name, value, 1, 100)
-    if name == "max_file_size":
-        return _int(name, value, 1, 1 << 50)
+    if name in ("max_file_size", "max_pixels", "max_decoded_bytes"):
+        return _int(name, value, 1, 1 << 60)
+    if name == "rpc_height":
+        return _rpc_height(value)
     if name in ("generate_thumbnails", "validate_headers"):
-        return _bool(name, value)
+        return check_bool(name, value)
     if name == "stretch":
-        return _choice(name, value, STRETCHES)
+        return check_choice(name, value, STRETCHES)
     if name == "output_format":
-        return _choice(name, value, OUTPUT_FORMATS, FORMAT_ALIASES)
+        return check_choice(name, value, OUTPUT_FORMATS, FORMAT_ALIASES)
     if name == "resampling":
-        choice = _choice(name, value, tuple(r.name for r in Resampling))
+        choice = check_choice(name, value, tuple(r.name for r in Resampling))
         if choice not in READ_RESAMPLINGS:
             raise _bad(name, "one of " + ", ".join(READ_RESAMPLINGS), value)
         return choice

@@ -1,4 +1,4 @@
-"""Thin readers over an open rasterio dataset: which bands, decimated pixels, validity.
+"""Thin readers over an open rasterio dataset: which bands, decimated pixels, validity, sidecars.
 
 Reads go straight to the output size, never materialising the full raster; memory is
 bounded by the output. The default `average` decimation of full-resolution pixels runs
@@ -12,9 +12,12 @@ valid edges keep their colour instead of fading into black.
 from __future__ import annotations
 
 import functools
+import re
+from xml.etree import ElementTree
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -24,17 +27,26 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from geoworker.errors import BadParams, InvalidInput
-from geoworker.processing import average
+from geoworker.processing import average, georef
+from geoworker.processing.metadata import colour_interpretation
 from geoworker.processing.render import invalid_mask
+from geoworker.processing.style import MAX_CLASSES, looks_categorical
 
 
 # GDAL's block cache defaults to 5% of RAM; a decimated read needs only a few rows of
 # blocks, and a large cache is what would make RSS grow with the input size.
+# The directory listing on open stays on (GDAL's default): it is how GDAL finds the
+# sidecars a GIS user keeps beside a GeoTIFF (.tfw/.tifw/.wld world files, .aux.xml with
+# nodata, CRS and colour interpretation, .msk masks, .ovr overviews); see sidecar_files.
 GDAL_OPTIONS = {
     "GDAL_CACHEMAX": 64,  # MB
-    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing; .ovr/.msk sidecars are still probed
 }
 MIN_ROWS_PER_THREAD = 128
+PROBE_WINDOWS = 64  # full-resolution windows a class raster is recognised from
+PROBE_WINDOW = 256  # their side, in pixels (at most one block each)
+# words in a band's description that say it holds classes, not measurements
+CATEGORICAL_WORDS = re.compile(r"(?i)\b(class(es|ification)?|categor(y|ies|ical)|land ?cover|land ?use|lulc|labels?|"
+                               r"mask|zones?)\b")
 
 
 def gdal_env() -> rasterio.Env:
@@ -42,15 +54,40 @@ def gdal_env() -> rasterio.Env:
     return rasterio.Env(**GDAL_OPTIONS)
 
 
+def sidecar_files(path: str | Path) -> list[Path]:
+    """The files beside a TIFF that GDAL reads with it, as GDAL itself lists them.
+
+    World files (.tfw, .tifw, .wld), PAM metadata (.aux.xml: nodata, CRS, colour
+    interpretation, statistics), external masks (.msk) and overviews (.ovr): whatever
+    GDAL would use for this file when opened here, and nothing else.
+
+    Args:
+        path: a TIFF on the local file system.
+    Returns:
+        the sidecars' paths (existing files, the TIFF itself excluded); [] when GDAL cannot
+        open the file at all (the job will say why).
+    """
+    path = Path(path)
+    try:
+        with gdal_env(), rasterio.open(path, driver="GTiff") as ds:
+            names = list(ds.files)
+    except (RasterioError, georef.CPLE_BaseError):
+        return []
+    own = path.resolve()
+    return [Path(name) for name in names if Path(name).resolve() != own and Path(name).is_file()]
+
+
 @dataclass(frozen=True)
 class BandPlan:
     """Which bands to read and how to render them."""
 
-    kind: str  # "rgb" | "grey" | "palette"
+    kind: str  # "rgb" | "grey" | "palette" | "categorical"
     indexes: tuple[int, ...]  # 1-based data bands to render
     alpha: int | None = None  # 1-based alpha band, read alongside
     mask: str = "none"  # none | nodata | per_dataset | alpha
     warnings: tuple[str, ...] = field(default=())
+    classes: tuple[int, ...] = ()  # "categorical": the class values the file was recognised by
+    class_names: tuple[tuple[int, str], ...] = ()  # (value, name) from the band's attribute table
 
 
 def output_shape(width: int, height: int, max_size: int) -> tuple[int, int]:
@@ -67,17 +104,21 @@ def output_shape(width: int, height: int, max_size: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def plan_bands(ds: rasterio.DatasetReader, bands: tuple[int, ...] | None) -> BandPlan:
+def plan_bands(ds: rasterio.DatasetReader, bands: tuple[int, ...] | None, detect_classes: bool = False) -> BandPlan:
     """Choose the bands to render from the file's colour interpretation.
 
     Args:
         ds: an open dataset.
         bands: 1-based indexes the caller asked for, or None.
+        detect_classes: recognise a class raster (few distinct values, or a band described
+            as classes) and plan it as "categorical"; off when a stretch or colormap was asked for.
     Returns:
-        a BandPlan: 3+ bands -> RGB of the first three (or `bands`), an alpha band
-        becomes transparency, one palette band -> its colours, else grey of band 1.
+        a BandPlan: bands marked red, green and blue -> RGB in that order (a BGR file too),
+        else 3+ bands -> RGB of the first three (or `bands`); an alpha band becomes
+        transparency; one palette band -> its colours; one class band -> categorical;
+        else grey of band 1.
     """
-    interp = list(ds.colorinterp)
+    interp = colour_interpretation(ds)
     alphas = [i + 1 for i, c in enumerate(interp) if c == ColorInterp.alpha]
     alpha = alphas[0] if alphas else None
     data = [b for b in range(1, ds.count + 1) if b not in alphas] or [1]
@@ -90,7 +131,7 @@ def plan_bands(ds: rasterio.DatasetReader, bands: tuple[int, ...] | None) -> Ban
         if alpha in indexes:
             alpha = None
     elif len(data) >= 3:
-        indexes = tuple(data[:3])
+        indexes = _rgb_bands(interp, data)
         if len(data) > 3:
             warnings.append(f"the file has {len(data)} data bands; bands {list(indexes)} are rendered as RGB "
                             "(set the bands parameter to choose others)")
@@ -98,7 +139,151 @@ def plan_bands(ds: rasterio.DatasetReader, bands: tuple[int, ...] | None) -> Ban
         indexes = (data[0],)
     palette = (len(indexes) == 1 and interp[indexes[0] - 1] == ColorInterp.palette and _has_colormap(ds, indexes[0]))
     kind = "palette" if palette else ("rgb" if len(indexes) == 3 else "grey")
-    return BandPlan(kind, indexes, alpha, _mask_kind(ds, indexes, alpha), tuple(warnings))
+    classes: tuple[int, ...] = ()
+    names: dict[int, str] = {}
+    if kind == "grey" and detect_classes:
+        names = class_names(ds, indexes[0])
+        classes = band_classes(ds, indexes[0], names)
+        if classes:
+            kind = "categorical"
+    return BandPlan(kind, indexes, alpha, _mask_kind(ds, indexes, alpha), tuple(warnings), classes,
+                    tuple(sorted(names.items())) if classes else ())
+
+
+def _rgb_bands(interp: list[ColorInterp], data: list[int]) -> tuple[int, ...]:
+    """The bands marked red, green and blue, in that order (BGR and BGRA files); else the first three."""
+    wanted = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+    found = [next((b for b in data if interp[b - 1] == c), None) for c in wanted]
+    if all(found):
+        return tuple(found)
+    return tuple(data[:3])
+
+
+def band_classes(ds: rasterio.DatasetReader, index: int, names: dict[int, str] | None = None) -> tuple[int, ...]:
+    """The class values of a band that holds classes (land cover, labels, masks), else ().
+
+    A band is a class raster when it has a table of class names (a raster attribute table
+    or category names, see class_names), when its description says so, or when a sample of
+    its full-resolution pixels (PROBE_WINDOWS windows spread over the image, at most one
+    block each: cheap on any size) holds a few distinct values (see style.looks_categorical).
+
+    Args:
+        ds: an open dataset.
+        index: the 1-based band.
+        names: its class names, when already read.
+    Returns:
+        the sorted class values (named or found), or () for a continuous band.
+    """
+    dtype = np.dtype(ds.dtypes[index - 1])
+    if dtype not in (np.uint8, np.uint16):
+        return ()
+    names = class_names(ds, index) if names is None else names
+    if names:
+        return tuple(v for v in sorted(names) if 0 <= v <= np.iinfo(dtype).max)
+    described = bool(CATEGORICAL_WORDS.search(ds.descriptions[index - 1] or ""))
+    limit = 256 if described else MAX_CLASSES
+    values = probe_values(ds, index, limit)
+    if values is None:
+        return ()
+    if described and 1 <= len(values) <= limit:
+        return tuple(int(v) for v in values)
+    return tuple(int(v) for v in values) if looks_categorical(values) else ()
+
+
+def class_names(ds: rasterio.DatasetReader, index: int) -> dict[int, str]:
+    """A band's class names: its raster attribute table (RAT) or category names, as GDAL keeps them.
+
+    rasterio reads neither; GDAL keeps both for a GeoTIFF in the PAM sidecar (.aux.xml)
+    it lists among the dataset's files, which is read here. The value of a RAT row is its
+    MinMax (or "Value") column, else Row0Min + row x BinSize; its name the Name column.
+
+    Args:
+        ds: an open dataset.
+        index: the 1-based band.
+    Returns:
+        {value: name}; {} when the band has neither.
+    """
+    aux = next((Path(f) for f in ds.files if str(f).lower().endswith(".aux.xml")), None)
+    if aux is None:
+        return {}
+    try:
+        root = ElementTree.parse(aux).getroot()
+    except (ElementTree.ParseError, OSError):
+        return {}
+    band = next((b for b in root.iter("PAMRasterBand") if b.get("band") == str(index)), None)
+    if band is None:
+        return {}
+    table = band.find("GDALRasterAttributeTable")
+    if table is not None:
+        return _rat_names(table)
+    categories = [c.text or "" for c in band.findall("CategoryNames/Category")]
+    return {value: name for value, name in enumerate(categories) if name.strip()}
+
+
+def _rat_names(table: ElementTree.Element) -> dict[int, str]:
+    fields = {}
+    for f in table.findall("FieldDefn"):
+        try:
+            fields[int(f.get("index", -1))] = ((f.findtext("Name") or "").strip().lower(), int(f.findtext("Usage") or 0))
+        except ValueError:
+            continue
+    # GDAL's field usages: 2 = name, 5 = min-max (the class value)
+    value_col = next((i for i, (n, u) in fields.items() if u == 5), None)
+    if value_col is None:
+        value_col = next((i for i, (n, u) in fields.items() if n in ("value", "class_value", "code")), None)
+    name_col = next((i for i, (n, u) in fields.items() if u == 2), None)
+    if name_col is None:
+        name_col = next((i for i, (n, u) in fields.items() if n in ("class", "class_name", "name", "label")), None)
+    if name_col is None:
+        return {}
+    try:
+        row0, bin_size = float(table.get("Row0Min", 0)), float(table.get("BinSize", 1))
+    except ValueError:
+        row0, bin_size = 0.0, 1.0
+    names = {}
+    for row in table.findall("Row"):
+        cells = [c.text or "" for c in row.findall("F")]
+        try:
+            value = float(cells[value_col]) if value_col is not None else row0 + int(row.get("index", 0)) * bin_size
+            name = cells[name_col].strip()
+        except (IndexError, ValueError):
+            continue
+        if name and value.is_integer():
+            names[int(value)] = name[:100]
+    return names
+
+
+def probe_values(ds: rasterio.DatasetReader, index: int, limit: int) -> np.ndarray | None:
+    """The distinct valid values in windows spread over a band, at full resolution.
+
+    Args:
+        ds: an open dataset.
+        index: the 1-based band.
+        limit: stop as soon as more distinct values than this are seen.
+    Returns:
+        sorted distinct values (nodata left out), or None when more than `limit` were seen or
+        the file's blocks are too large to sample cheaply.
+    """
+    block_h, block_w = ds.block_shapes[index - 1]
+    if block_h * block_w * np.dtype(ds.dtypes[index - 1]).itemsize > average.MAX_WINDOW_BYTES:
+        return None  # one huge strip: any window decodes the whole image
+    win_h, win_w = min(block_h, PROBE_WINDOW, ds.height), min(block_w, PROBE_WINDOW, ds.width)
+    rows_of_blocks, cols_of_blocks = -(-ds.height // block_h), -(-ds.width // block_w)
+    side = max(1, int(PROBE_WINDOWS ** 0.5))
+    rows = sorted({round(i * (rows_of_blocks - 1) / max(1, side - 1)) for i in range(side)})
+    cols = sorted({round(i * (cols_of_blocks - 1) / max(1, side - 1)) for i in range(side)})
+    nodata = ds.nodatavals[index - 1]
+    seen = np.zeros(1 << (8 * np.dtype(ds.dtypes[index - 1]).itemsize), bool)
+    for r in rows:
+        for c in cols:
+            row0, col0 = r * block_h, c * block_w
+            window = Window(col0, row0, min(win_w, ds.width - col0), min(win_h, ds.height - row0))
+            seen[ds.read(index, window=window).ravel()] = True
+            if nodata is not None and float(nodata).is_integer() and 0 <= nodata < len(seen):
+                seen[int(nodata)] = False
+            if np.count_nonzero(seen) > limit:
+                return None
+    return np.flatnonzero(seen)
 
 
 def _has_colormap(ds: rasterio.DatasetReader, index: int) -> bool:
@@ -140,14 +325,15 @@ def read_decimated(ds: rasterio.DatasetReader, plan: BandPlan, shape: tuple[int,
         ds: an open dataset.
         plan: what plan_bands chose.
         shape: (height, width) of the result.
-        resampling: a rasterio Resampling name; palettes always use nearest.
+        resampling: a rasterio Resampling name; palettes and class rasters always use nearest.
         threads: read this many horizontal bands of the output at once, each through its
             own handle (the decimating RasterIO of one handle runs on one core).
     Returns:
         (data of shape (n, h, w), valid boolean mask or None when all pixels are valid).
         A pixel is valid when any source pixel under it is valid.
     """
-    method = Resampling.nearest if plan.kind == "palette" else Resampling[resampling]
+    # colour indexes and class values must never be averaged into values that mean something else
+    method = Resampling.nearest if plan.kind in ("palette", "categorical") else Resampling[resampling]
     indexes = list(plan.indexes) + ([plan.alpha] if plan.alpha else [])
     dtypes = {read_dtype(ds.dtypes[i - 1]) for i in indexes}
     out_dtype = np.result_type(*dtypes) if len(dtypes) > 1 else dtypes.pop()
@@ -165,8 +351,8 @@ def read_decimated(ds: rasterio.DatasetReader, plan: BandPlan, shape: tuple[int,
                 indexes, window=window, out_shape=(len(indexes), rows, shape[1]), resampling=method,
                 out_dtype=out_dtype))
         valid = _validity(ds, plan, data, shape, method, threads)
-    except RasterioError as exc:
-        raise InvalidInput(f"the TIFF's pixel data cannot be decoded (corrupt or truncated): {_gdal_message(exc)}") from None
+    except (RasterioError, georef.CPLE_BaseError) as exc:
+        raise InvalidInput(f"the TIFF's pixel data cannot be decoded (corrupt or truncated): {gdal_message(exc)}") from None
     if plan.alpha:
         data = data[:-1]
     return data, valid
@@ -199,7 +385,7 @@ def read_window(ds: rasterio.DatasetReader, plan: BandPlan, window: Window, shap
         else:
             valid = _validity(ds, plan, data, shape, method, 1)
     except RasterioError as exc:
-        raise InvalidInput(f"the TIFF's pixel data cannot be decoded (corrupt or truncated): {_gdal_message(exc)}") from None
+        raise InvalidInput(f"the TIFF's pixel data cannot be decoded (corrupt or truncated): {gdal_message(exc)}") from None
     if plan.alpha:
         data = data[:-1]
     return data, valid
@@ -301,6 +487,32 @@ def _validity(ds, plan: BandPlan, data: np.ndarray, shape: tuple[int, int], meth
     return None
 
 
-def _gdal_message(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] or type(exc).__name__
+def gdal_message(exc: BaseException) -> str:
+    """One short line from a GDAL/PROJ error: what failed and why, without dumps or server paths.
+
+    rasterio raises "Read failed. See previous exception for details." with GDAL's own
+    errors chained behind it: the first specific message (which block) and the innermost
+    one (the codec's reason) are kept. PROJJSON and WKT dumps become "<a CRS>", directories
+    are left off file names.
+
+    Args:
+        exc: what rasterio raised.
+    Returns:
+        at most 300 characters.
+    """
+    parts: list[str] = []
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        text = " ".join(str(link).split())
+        if text and "See previous exception" not in text and text not in parts:
+            parts.append(text)
+        link = link.__cause__ or link.__context__
+    if not parts:
+        return type(exc).__name__
+    text = parts[0] if len(parts) == 1 else f"{parts[0]} ({parts[-1]})"
+    text = re.sub(r"""['`"]?(\{ ?"\$schema".*?\}|[A-Z]+CRS\[.*?\]|PROJCS\[.*?\]|GEOGCS\[.*?\])['`"]?(?= to |$)""",
+                  "<a CRS>", text)
+    text = re.sub(r"(?<![\w.])/(?:[^\s/:'\"]+/)+([^\s/:'\"]+)", r"\1", text)
+    return text[:300]

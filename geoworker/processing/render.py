@@ -123,7 +123,7 @@ def _histogram(band: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, 
     return counts, offset
 
 
-def _hist_percentile(counts: np.ndarray, cum: np.ndarray, q: float) -> int:
+def _hist_percentile(cum: np.ndarray, q: float) -> int:
     rank = q / 100.0 * (cum[-1] - 1)
     return int(np.searchsorted(cum, rank, side="right"))
 
@@ -153,8 +153,8 @@ def band_statistics(band: np.ndarray, valid: np.ndarray | None,
         mean = float((counts * values).sum() / n)
         std = float(np.sqrt(max(0.0, (counts * (values - mean) ** 2).sum() / n)))
         cum = np.cumsum(counts)
-        lo = _hist_percentile(counts, cum, percentiles[0]) - offset
-        hi = _hist_percentile(counts, cum, percentiles[1]) - offset
+        lo = _hist_percentile(cum, percentiles[0]) - offset
+        hi = _hist_percentile(cum, percentiles[1]) - offset
         return BandStats(float(nz[0] - offset), float(nz[-1] - offset), mean, std, 100.0 * n / total, lo, hi)
     values = band if valid is None else band[valid]
     if np.issubdtype(values.dtype, np.floating):

@@ -20,7 +20,7 @@ SAMPLE_CRS = "EPSG:32638"
 SAMPLE_ORIGIN = (414_000.0, 1_698_000.0)
 
 
-def _hash(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
+def noise_hash(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
     """A cheap integer hash of two coordinate arrays -> uint32 (deterministic, chunk-independent)."""
     h = a.astype(np.uint32) * np.uint32(73856093) ^ b.astype(np.uint32) * np.uint32(19349663) ^ np.uint32(seed)
     h ^= h >> np.uint32(13)
@@ -44,7 +44,7 @@ def scene_block(row0: int, col0: int, rows: int, cols: int, seed: int = 7, cell:
     c = np.arange(col0, col0 + cols, dtype=np.int64)[None, :]
     # fields: each cell of a slightly sheared grid gets a crop colour
     fr, fc = (r + (c // 7) % cell) // cell, (c + (r // 5) % cell) // cell
-    field_id = _hash(fr, fc, seed)
+    field_id = noise_hash(fr, fc, seed)
     palette = np.array([[112, 128, 72], [150, 140, 96], [92, 110, 60], [170, 160, 120], [128, 118, 88],
                         [84, 98, 58], [190, 176, 140], [140, 150, 90]], dtype=np.int16)
     rgb = palette[(field_id % np.uint32(len(palette))).astype(np.intp)].transpose(2, 0, 1).copy()
@@ -52,14 +52,14 @@ def scene_block(row0: int, col0: int, rows: int, cols: int, seed: int = 7, cell:
     furrow = np.where(field_id & np.uint32(1), r, c) % 6 < 2
     rgb -= (furrow * 10).astype(np.int16)
     # fine texture
-    noise = (_hash(r, c, seed + 1) % np.uint32(17)).astype(np.int16) - 8
+    noise = (noise_hash(r, c, seed + 1) % np.uint32(17)).astype(np.int16) - 8
     rgb += noise[None]
     # roads: a loose grid of 10-px asphalt bands
     road = ((r + 3 * (c // 200)) % 420 < 10) | ((c + 2 * (r // 250)) % 510 < 8)
     rgb[:, road] = np.array([96, 96, 100], dtype=np.int16)[:, None] + noise[road][None] // 2
     # buildings: bright roofs in some cells near roads
     br, bc = r // 40, c // 40
-    roof = (_hash(br, bc, seed + 2) % np.uint32(9) == 0) & ((r % 40) > 8) & ((c % 40) > 6) & ((r % 40) < 32)
+    roof = (noise_hash(br, bc, seed + 2) % np.uint32(9) == 0) & ((r % 40) > 8) & ((c % 40) > 6) & ((r % 40) < 32)
     rgb[:, roof & ~road] = np.array([205, 196, 186], dtype=np.int16)[:, None]
     return np.clip(rgb, 1, 255).astype(np.uint8)
 

@@ -9,7 +9,8 @@ How the pixels are made, in bounded memory, whatever the zoom:
 1. The deepest zoom is cut into blocks of up to 8 x 8 tiles (2048 px). Each block reads
    only the source window under it, area-averaged by GDAL to about the block's
    resolution (nearest for palettes and categorical rasters), renders it with the PNG
-   task's own rules (pipeline.render_bands: bands, file-wide stretch, colormap,
+   task's own rules (pipeline.choose_style once per file, style.apply_style per block: bands,
+   file-wide stretch, colormap,
    palette, nodata) and places the rendered pixels on the Web-Mercator grid with a
    nearest-neighbour warp: the averaged pixels are already at the tile resolution, so
    the warp only shifts and turns them by a fraction of a pixel (a full GDAL `average`
@@ -51,10 +52,10 @@ from rasterio.warp import Resampling, reproject, transform as transform_points, 
 from rasterio.windows import Window
 
 from geoworker.errors import TooLarge, Unsupported
-from geoworker.processing import encode, georef, read, render
+from geoworker.processing import encode, georef, read, render, style
 from geoworker.processing.map_options import MAX_ZOOM, TileOptions
-from geoworker.processing.pipeline import (READ_THREADS, Progress, Run, Source, gdal_errors_are_input_errors,
-                                           open_source, render_bands, sanitise_stem, statistics)
+from geoworker.processing.pipeline import (READ_THREADS, Progress, Run, Source, choose_style, detects_classes,
+                                           gdal_errors_are_input_errors, open_source, sanitise_stem, statistics)
 
 TILE = 256
 BLOCK_TILES = 8  # a block is up to 8 x 8 tiles of the deepest zoom (2048 px square)
@@ -350,6 +351,7 @@ class _Context:
     pyramid: Pyramid
     run: Run
     categorical: bool
+    look: style.Style
     handles: threading.local
     opened: list
 
@@ -401,7 +403,7 @@ def _render_block(ctx: _Context, zoom: int, x0: int, y0: int, size: int) -> np.n
     data, valid = read.read_window(ds, ctx.plan, window, shape, "nearest" if ctx.categorical else "average")
     if valid is not None and not valid.any():
         return None
-    bands, valid, _ = render_bands(data, valid, ctx.plan, ctx.stats, ctx.options.base, ds, ctx.run)
+    bands, valid = style.apply_style(ctx.look, data, valid)  # the file's style, decided once
     del data
     alpha = np.full(shape, 255, np.uint8) if valid is None else np.multiply(valid, 255, dtype=np.uint8)
     rendered = np.concatenate([bands, alpha[None]])
@@ -543,7 +545,7 @@ def _file_statistics(source: Source, plan: read.BandPlan, options: TileOptions) 
     base = options.base
     dtype = np.dtype(read.read_dtype(source.ds.dtypes[plan.indexes[0] - 1]))
     empty = [render.BandStats(None, None, None, None, 0.0)] * len(plan.indexes)
-    if plan.kind == "palette" or render.stretch_range(render.BandStats(0, 1, 0, 0, 100.0, 0, 1), dtype,
+    if plan.kind in ("palette", "categorical") or render.stretch_range(render.BandStats(0, 1, 0, 0, 100.0, 0, 1), dtype,
                                                      base.stretch) is None:
         return empty
     shape = read.output_shape(source.ds.width, source.ds.height, base.max_size)
@@ -592,7 +594,7 @@ def make_tiles(src: str | Path, out_dir: str | Path, options: TileOptions, progr
         with run.stage("validate", 2, "validating the input"):
             source = open_source(src, base, run, stack)
             pyramid = plan_pyramid(source, options.zoom)
-            plan = read.plan_bands(source.ds, base.bands)
+            plan = read.plan_bands(source.ds, base.bands, detects_classes(base))
             run.warn(*plan.warnings)
         with run.stage("statistics", 4, "statistics of the file for the stretch"):
             stats = _file_statistics(source, plan, options)
@@ -600,7 +602,8 @@ def make_tiles(src: str | Path, out_dir: str | Path, options: TileOptions, progr
         tile_dir = out_dir / "tiles" if options.tile_dir else None
         spool = _Spool(out_dir, tile_dir, options.extension)
         stack.callback(spool.close)
-        ctx = _Context(source, plan, stats, options, pyramid, run, plan.kind in ("palette", "categorical"),
+        look = choose_style(plan, stats, read.read_dtype(source.ds.dtypes[plan.indexes[0] - 1]), base, source.ds, run)
+        ctx = _Context(source, plan, stats, options, pyramid, run, plan.kind in ("palette", "categorical"), look,
                        threading.local(), [])
         stack.callback(lambda: [ds.close() for ds in ctx.opened])
         with run.stage("tiles", 8, f"cutting zooms {pyramid.minzoom}-{pyramid.maxzoom}"):

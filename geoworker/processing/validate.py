@@ -24,11 +24,11 @@ TIFF_MAGICS = {
     b"MM\x00+": (">", True),
 }
 
-# Declared pixel data larger than this many times the file is not a real compressed
-# raster (DEFLATE tops out near 1032:1); only sparse or hostile files get there.
+# Declared pixel data larger than this many times the data the file holds is not a real
+# compressed raster (DEFLATE tops out near 1032:1); only sparse or hostile files get there.
+# Below that ratio, the budget of declared pixels and decoded bytes (Options.max_pixels,
+# max_decoded_bytes) catches what compresses well but would still cost too much to decode.
 MAX_COMPRESSION_RATIO = 5000
-# A single image larger than this is refused whatever its file size (2^36 = 68.7 G pixels).
-MAX_PIXELS = 1 << 36
 # Pixel data smaller than this is never suspicious, however small the file.
 RATIO_CHECK_FLOOR = 1 << 30
 MAX_BLOCKS = 50_000_000
@@ -59,6 +59,7 @@ class TiffHeader:
     block_count: int
     file_size: int
     next_ifd: int = 0
+    data_bytes: int | None = None  # bytes of pixel data the blocks hold (None: not known yet)
     warnings: tuple[str, ...] = field(default=())
 
     @property
@@ -176,7 +177,7 @@ def check_header(header: TiffHeader) -> None:
     """Refuse declared sizes that are zero, absurd, or larger than the file can hold.
 
     Args:
-        header: what read_tiff_header found.
+        header: what read_tiff_header found (with data_bytes once the block counts are read).
     """
     w, h = header.width, header.height
     if w <= 0 or h <= 0:
@@ -188,14 +189,41 @@ def check_header(header: TiffHeader) -> None:
     if header.compression == 1 and raw > header.file_size:
         raise InvalidInput(f"TIFF is truncated: it declares {w:,} x {h:,} pixels ({human_bytes(raw)} of "
                            f"uncompressed pixel data) but the file is only {human_bytes(header.file_size)}")
-    if raw > RATIO_CHECK_FLOOR and raw > MAX_COMPRESSION_RATIO * header.file_size:
-        raise InvalidInput(f"the TIFF declares {w:,} x {h:,} pixels ({human_bytes(raw)} of pixel data) but the file "
-                           f"is only {human_bytes(header.file_size)}: its header is corrupt or the file is "
-                           "not a real image")
-    pixels = w * h
-    if pixels > MAX_PIXELS:
-        raise TooLarge(f"the TIFF declares {w:,} x {h:,} pixels ({pixels / 1e9:,.0f} gigapixels), "
-                       f"more than the {MAX_PIXELS / 1e9:,.0f} gigapixels this worker accepts")
+    held = header.file_size if header.data_bytes is None else header.data_bytes
+    if raw > RATIO_CHECK_FLOOR and raw > MAX_COMPRESSION_RATIO * held:
+        what = "in all" if header.data_bytes is None else "of pixel data"
+        raise InvalidInput(f"the TIFF declares {w:,} x {h:,} pixels ({human_bytes(raw)} of pixel data) but holds "
+                           f"only {held:,} bytes {what}: refused as a decompression bomb (a sparse or hostile file, "
+                           "or a corrupt header)")
+
+
+def check_budget(width: int, height: int, band_bytes: list[int], dtype: str, max_pixels: int,
+                 max_decoded_bytes: int) -> None:
+    """Refuse, before decoding, an image declaring more pixels or decoded bytes than the budget.
+
+    Compression ratios cannot catch all bombs: 100,000 x 100,000 x 3 of zeros in DEFLATE
+    tiles is 34 MB (880:1, under DEFLATE's own ~1032:1 ceiling) and 30 GB to decode.
+
+    Args:
+        width, height: the declared size in pixels.
+        band_bytes: bytes per pixel of each band.
+        dtype: the (first) band's data type, for the message.
+        max_pixels: the most pixels (width x height) accepted.
+        max_decoded_bytes: the most bytes of decoded pixel data accepted.
+    Raises:
+        TooLarge: over either limit; the message names the declared size.
+    """
+    pixels = width * height
+    decoded = pixels * sum(band_bytes)
+    declared = (f"the TIFF declares {width:,} x {height:,} pixels x {len(band_bytes)} "
+                f"band{'s' if len(band_bytes) != 1 else ''} of {dtype} ({pixels / 1e9:,.1f} gigapixels, "
+                f"{human_bytes(decoded)} once decoded)")
+    if pixels > max_pixels:
+        raise TooLarge(f"{declared}: more than the {max_pixels / 1e9:,.1f} gigapixels this worker decodes "
+                       f"(max_pixels = {max_pixels})")
+    if decoded > max_decoded_bytes:
+        raise TooLarge(f"{declared}: more than the {human_bytes(max_decoded_bytes)} this worker decodes "
+                       f"(max_decoded_bytes = {max_decoded_bytes})")
 
 
 class _IfdReader:
@@ -296,9 +324,14 @@ def _header_from_tags(reader: _IfdReader, tags, next_ifd: int, big: bool, size: 
     if len(offsets) < expected:
         raise InvalidInput(f"the TIFF declares {width:,} x {height:,} pixels, which needs {expected:,} {unit}s, "
                            f"but its header lists only {len(offsets):,}: the header is corrupt")
+    data_bytes = None
     if counts is not None and len(counts) >= len(offsets):
         _check_blocks_inside(offsets, counts[:len(offsets)], size, unit)
-    return TiffHeader(tiled=tiled, block_width=bw, block_height=bh, block_count=len(offsets), **header_args)
+        data_bytes = int(counts[:expected].astype(np.uint64).sum())
+    header = TiffHeader(tiled=tiled, block_width=bw, block_height=bh, block_count=len(offsets),
+                        data_bytes=data_bytes, **header_args)
+    check_header(header)
+    return header
 
 
 def _check_blocks_inside(offsets: np.ndarray, counts: np.ndarray, size: int, unit: str) -> None:

@@ -8,21 +8,25 @@ reference says, so a job on the local backend can still take an https:// input.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from geoworker.errors import InvalidInput, PermanentStorageError
 from geoworker.storage.checks import check_content_type
-from geoworker.storage.names import safe_filename
+from geoworker.storage.names import safe_filename, sidecar_name
 from geoworker.storage.stream import file_chunks, too_large, write_capped
 from geoworker.storage.workdir import create_workdir, remove_workdir
 
 if TYPE_CHECKING:
     from geoworker.storage.urls import TransferPolicy, UrlTransfer
+
+
+MAX_SIDECARS = 8  # a TIFF's world file, .prj, .aux.xml, .msk, .ovr and their spellings
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class FetchedFile:
     sha256: str
     content_type: str | None
     source: str  # where it came from, without secrets: a path, s3://bucket/key, or a URL without its query
+    sidecars: tuple[Path, ...] = ()  # world file, .aux.xml, .msk, .ovr fetched beside it (GDAL reads them)
 
 
 class UnsupportedOperation(PermanentStorageError):
@@ -113,6 +118,23 @@ class Backend(abc.ABC):
         ref = input_reference(job)
         dest_dir = Path(dest_dir)
         dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fetched = self._fetch_one(ref, dest_dir)
+        sidecars = ref.get("sidecars") or []
+        if not sidecars:
+            return fetched
+        budget, got = self.storage.max_file_size, []
+        for entry in sidecars[:MAX_SIDECARS]:
+            if not isinstance(entry, Mapping) or safe_filename(entry.get("name"), default="") != entry.get("name"):
+                raise InvalidInput("the job's input lists a malformed sidecar file")
+            one = self._fetch_one({**entry, "sidecar": True}, dest_dir)  # not a TIFF: no type check
+            budget -= one.size
+            if budget < 0:
+                raise InvalidInput(f"the input's sidecar files hold more than storage.max_file_size "
+                                   f"({self.storage.max_file_size} bytes) together")
+            got.append(one.path)
+        return dataclasses.replace(fetched, sidecars=tuple(got))
+
+    def _fetch_one(self, ref: Mapping[str, Any], dest_dir: Path) -> FetchedFile:
         if ref.get("url"):
             url = str(ref["url"])
             scheme = urlsplit(url).scheme.lower()
@@ -126,7 +148,7 @@ class Backend(abc.ABC):
 
     def _fetch_url(self, ref: Mapping[str, Any], dest_dir: Path) -> FetchedFile:
         got = self.urls.download(str(ref["url"]), dest_dir, self.storage.max_file_size, name=ref.get("name"),
-                                 check_type=self.storage.validate_headers)
+                                 check_type=self.storage.validate_headers and not ref.get("sidecar"))
         return FetchedFile(got.path, got.size, got.sha256, got.content_type, got.url)
 
     def _fetch_own_url(self, ref: Mapping[str, Any], dest_dir: Path) -> FetchedFile:
@@ -165,6 +187,16 @@ class Backend(abc.ABC):
         """A time-limited download URL for an output reference, where the backend can make one."""
         return None
 
+    def read_range(self, reference: str, offset: int, length: int) -> bytes:
+        """`length` bytes of a stored output from `offset` (fewer at its end): the API reads tiles out of
+        a PMTiles archive this way, without copying the archive out of storage.
+
+        Raises:
+            UnsupportedOperation: this backend cannot read its outputs back.
+            StorageError: the read failed (transient), PermanentStorageError: the object is gone.
+        """
+        raise UnsupportedOperation(f"storage.backend = {self.name!r} cannot read its outputs back")
+
     def output_file(self, job_id: str, name: str) -> Path | None:
         """The local file of a job's output `name`, for a backend whose outputs the API serves itself; else None."""
         return None
@@ -200,6 +232,28 @@ class Backend(abc.ABC):
         if content_type:
             ref["content_type"] = content_type
         return ref
+
+    def import_sidecars(self, job_id: str, ref: dict[str, Any], original: str,
+                        sidecars: Sequence[Path]) -> dict[str, Any]:
+        """Store the files GDAL reads beside a TIFF (world file, .aux.xml, .msk, .ovr) next to its stored
+        input, renamed as the input was (names.sidecar_name); returns the input reference with them.
+
+        Args:
+            ref: what import_file returned for the TIFF.
+            original: the TIFF's name as the user had it.
+            sidecars: the local files.
+        """
+        if len(sidecars) > MAX_SIDECARS:
+            raise InvalidInput(f"{original} comes with {len(sidecars)} sidecar files; at most {MAX_SIDECARS} are taken")
+        stored = []
+        for path in sorted(sidecars, key=lambda p: Path(p).name):
+            name = sidecar_name(original, str(ref.get("name") or original), Path(path).name)
+            stored.append(self.import_sidecar(job_id, Path(path), name))
+        return {**ref, "sidecars": stored}
+
+    def import_sidecar(self, job_id: str, path: Path, name: str) -> dict[str, Any]:
+        """Store one sidecar file as `name` beside the job's input; returns its reference."""
+        raise UnsupportedOperation(f"storage.backend = {self.name!r} cannot take sidecar files")
 
     def discard_input(self, ref: Mapping[str, Any]) -> None:
         """Remove an input stored by receive_input whose job went away meanwhile; default: leave it."""

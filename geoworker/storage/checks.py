@@ -16,6 +16,7 @@ from loguru import logger
 
 from geoworker.errors import InvalidInput, TransientError
 from geoworker.storage.stream import human_bytes, too_large
+from geoworker.storage.ziparchive import ZIP_TYPES
 
 SCAN_TIMEOUT = 600.0
 TIFF_TYPES = {"image/tiff", "image/tif", "image/x-tiff", "image/geotiff", "image/x-geotiff",
@@ -29,21 +30,23 @@ class ScanUnavailable(TransientError):
     """The malware scanner could not give a verdict (not installed, timed out); the job is retried."""
 
 
-def check_content_type(content_type: str | None, *, source: str = "the input") -> None:
+def check_content_type(content_type: str | None, *, source: str = "the input", archives: bool = False) -> None:
     """Refuse a declared content type that says the file is something other than a TIFF.
 
     Args:
         content_type: a Content-Type header or an upload's declared type; None or "" means undeclared.
         source: where it came from, for the message (no secrets).
+        archives: a ZIP (of a GeoTIFF and its sidecar files) is welcome too (the API's uploads).
     Raises:
         InvalidInput: the declared type is neither a TIFF type nor a generic binary type.
     """
     if not content_type or not content_type.strip():
         return
     media = content_type.split(";")[0].strip().lower()
-    if media in TIFF_TYPES or media in GENERIC_TYPES:
+    if media in TIFF_TYPES or media in GENERIC_TYPES or (archives and media in ZIP_TYPES):
         return
-    raise InvalidInput(f"{source} is declared as {media}, not a TIFF (image/tiff)")
+    wanted = "a TIFF (image/tiff) or a ZIP of one (application/zip)" if archives else "a TIFF (image/tiff)"
+    raise InvalidInput(f"{source} is declared as {media}, not {wanted}")
 
 
 def check_size(path: Path, max_size: int) -> int:

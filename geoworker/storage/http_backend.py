@@ -36,12 +36,21 @@ class HttpBackend(Backend):
     name = "http"
     refuses_local_inputs = "its inputs come from the platform's signed URLs"
 
+    def read_range(self, reference: str, offset: int, length: int) -> bytes:
+        """A ranged GET of the output's URL (without the PUT's signature: the platform's storage
+        must allow it), checked by the same URL rules as inputs."""
+        return self.urls.get_range(reference, offset, length)
+
     def store_outputs(self, job, files: Mapping[str, Path]) -> dict[str, str]:
         targets = input_reference(job).get("outputs")
         if not isinstance(targets, Mapping) or not targets:
             raise PermanentStorageError("the job carries no upload URLs for its outputs (input.outputs)")
         stored: dict[str, str] = {}
         for kind, path in files.items():
+            if Path(path).is_dir():
+                logger.warning("job {}: output {} is a directory, which signed PUT URLs cannot take; not uploaded",
+                               job.id, kind)
+                continue
             url = targets.get(kind) or targets.get(LEGACY_OUTPUT_KINDS.get(kind, ""))
             if not isinstance(url, str) or not url:
                 logger.warning("job {}: no upload URL for output {}; not uploaded", job.id, kind)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from loguru import logger
 
-from geoworker.errors import InvalidInput, InvalidState
+from geoworker.errors import InvalidInput, InvalidState, PermanentStorageError
 from geoworker.storage.base import Backend, local_input_path, output_names
 from geoworker.storage.names import checked_job_id, safe_filename
 from geoworker.storage.stream import file_chunks, too_large, write_capped
@@ -91,15 +92,47 @@ class LocalBackend(Backend):
                 raise too_large(self.storage.max_file_size, size)
             return self.receive_input(job_id, path.name, file_chunks(fh))
 
+    def read_range(self, reference: str, offset: int, length: int) -> bytes:
+        path = Path(reference).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise PermanentStorageError("the output lies outside the storage root")
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                return fh.read(length)
+        except FileNotFoundError:
+            raise PermanentStorageError(f"the output {path.name} does not exist (any more)") from None
+
+    def import_sidecar(self, job_id: str, path: Path, name: str) -> dict[str, Any]:
+        with open(path, "rb") as fh:
+            dest = self.job_dir(job_id, "input") / safe_filename(name)
+            size, digest = write_capped(file_chunks(fh), dest, self.storage.max_file_size, durable=True)
+        return {"path": str(dest.resolve()), "name": dest.name, "size": size, "sha256": digest}
+
     def store_outputs(self, job, files: Mapping[str, Path]) -> dict[str, str]:
         out_dir = self.job_dir(job.id, "output")
         stored: dict[str, str] = {}
         for kind, name in output_names(files).items():
-            with open(files[kind], "rb") as fh:
-                write_capped(file_chunks(fh), out_dir / name, sys.maxsize, durable=True)
+            if Path(files[kind]).is_dir():  # a tree of files (tiles/{z}/{x}/{y}): in place at once, by rename
+                _replace_tree(Path(files[kind]), out_dir / name)
+            else:
+                with open(files[kind], "rb") as fh:
+                    write_capped(file_chunks(fh), out_dir / name, sys.maxsize, durable=True)
             stored[kind] = str((out_dir / name).resolve())
         _fsync_dir(out_dir)
         return stored
+
+
+def _replace_tree(src: Path, dest: Path) -> None:
+    """Copy a directory tree to dest, replacing what was there; readers never see half of it."""
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    if dest.exists():
+        os.rename(dest, old)
+    os.rename(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -49,6 +49,20 @@ def safe_filename(name: object, default: str = DEFAULT_INPUT_NAME) -> str:
     return cleaned
 
 
+def sidecar_name(original: str, stored: str, sidecar: str) -> str:
+    """The name a sidecar file takes beside an input stored as `stored` that the user called `original`.
+
+    GDAL finds sidecars by the TIFF's name (site.tif.aux.xml, site.tif.msk, site.tif.ovr) or its stem
+    (site.tfw, site.wld): when storage renames the TIFF, its sidecars are renamed the same way.
+    """
+    if sidecar.startswith(original):
+        return stored + sidecar[len(original):]
+    original_stem, stored_stem = original.rpartition(".")[0] or original, stored.rpartition(".")[0] or stored
+    if sidecar.startswith(original_stem):
+        return stored_stem + sidecar[len(original_stem):]
+    return safe_filename(sidecar)
+
+
 def checked_job_id(job_id: object) -> str:
     """A job id known to be one plain path component (uuids are; anything else is a bug upstream).
 

@@ -122,13 +122,23 @@ class S3Backend(Backend):
             if length is not None and length > self.storage.max_file_size:
                 raise too_large(self.storage.max_file_size, length)
             content_type = obj.get("ContentType")
-            if self.storage.validate_headers:
+            if self.storage.validate_headers and not ref.get("sidecar"):
                 check_content_type(content_type, source=source)
             dest = dest_dir / safe_filename(ref.get("name") or key.rpartition("/")[2])
             size, digest = write_capped(self._chunks(body, source), dest, self.storage.max_file_size)
         finally:
             body.close()
         return FetchedFile(dest, size, digest, content_type, source)
+
+    def read_range(self, reference: str, offset: int, length: int) -> bytes:
+        bucket, key = parse_s3_url(reference)
+        if bucket != self.bucket:
+            raise PermanentStorageError(f"{reference}: not in the configured bucket")
+        try:
+            obj = self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}")
+            return obj["Body"].read()
+        except Exception as exc:
+            raise self._error("reading", reference, exc) from None
 
     def _chunks(self, body, source: str) -> Iterator[bytes]:
         from botocore.exceptions import BotoCoreError
@@ -164,6 +174,14 @@ class S3Backend(Backend):
         return {"backend": "s3", "url": self.url(key), "name": safe_filename(path.name), "size": size,
                 "sha256": digest}
 
+    def import_sidecar(self, job_id: str, path: Path, name: str) -> dict[str, Any]:
+        size = path.stat().st_size
+        if size > self.storage.max_file_size:
+            raise too_large(self.storage.max_file_size, size)
+        key = self.key(job_id, "input", name)
+        self._upload(path, key)
+        return {"url": self.url(key), "name": safe_filename(name), "size": size, "sha256": sha256_file(path)}
+
     # --- outputs ---------------------------------------------------------------------
 
     def _upload(self, path: Path, key: str) -> None:
@@ -182,6 +200,11 @@ class S3Backend(Backend):
         stored = {}
         for kind, name in output_names(files).items():
             key = self.key(job.id, "output", name)
+            if Path(files[kind]).is_dir():  # a tree of files (tiles/{z}/{x}/{y}): one object each, under name/
+                for path in sorted(p for p in Path(files[kind]).rglob("*") if p.is_file()):
+                    self._upload(path, f"{key}/{path.relative_to(files[kind]).as_posix()}")
+                stored[kind] = self.url(key) + "/"
+                continue
             self._upload(Path(files[kind]), key)
             stored[kind] = self.url(key)
         return stored

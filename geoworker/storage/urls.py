@@ -387,6 +387,29 @@ class UrlTransfer:
             return resp, current
         raise UrlRefused(f"GET {strip_url_secrets(url)}: more than {self.transfer.max_redirects} redirects")
 
+    def get_range(self, url: str, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset + length) of a URL by an HTTP Range request (a 200 with the whole body is cut)."""
+
+        def once() -> bytes:
+            self.policy.check_url(url)
+            try:
+                resp = self.session.get(url, headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+                                        stream=True, allow_redirects=False, timeout=self._timeouts())
+            except requests.RequestException as exc:
+                raise _Retry(f"GET {strip_url_secrets(url)}: {describe_error(exc)}") from None
+            with resp:
+                if resp.status_code not in (200, 206):
+                    raise _status_error("GET", url, resp)
+                skip = offset if resp.status_code == 200 else 0
+                data = b""
+                for chunk in resp.iter_content(65536):
+                    data += chunk
+                    if len(data) >= skip + length:
+                        break
+                return data[skip:skip + length]
+
+        return self._with_retries("GET", url, once)
+
     # --- PUT ---------------------------------------------------------------------------
 
     def upload(self, url: str, path: Path, content_type: str = "application/octet-stream") -> None:

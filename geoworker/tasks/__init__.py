@@ -4,6 +4,7 @@
     params.py    Param, Schema: a task's parameters, checked at submit time
     files.py     file_task(): input in, producer, outputs stored, checksums
     raster.py    geotiff_to_png, geotiff_info
+    maps.py      geotiff_to_cog, geotiff_to_tiles
     debug.py     debug.noop/sleep/allocate/crash/fail (worker.debug_tasks)
     registry.py  TASKS, get(), available(), validate_params(), register()
 """

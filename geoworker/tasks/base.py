@@ -24,15 +24,19 @@ class TaskContext:
             on first use, so a task that needs no files pays nothing for it (on a disk mounted
             with `discard`, creating and removing a directory costs milliseconds per job).
         storage: the storage backend, for tasks that read an input and store outputs.
+        check_lease: raises (a BaseException) once the job may no longer be this worker's (its
+            heartbeats failed for about worker.stale_after): called before anything is stored.
     """
 
     def __init__(self, job: Any, settings: Any, workdir: Path | Callable[[], Path],
-                 report: Progress | None = None, storage: Any = None):
+                 report: Progress | None = None, storage: Any = None,
+                 check_lease: Callable[[], None] | None = None):
         self.job = job  # geoworker.jobs.Job
         self.settings = settings  # geoworker.config.Settings
         self._workdir = workdir
         self.report = report or (lambda percent, message: None)
         self.storage = storage  # geoworker.storage.Backend, when the task needs files
+        self.check_lease = check_lease or (lambda: None)
 
     @property
     def workdir(self) -> Path:

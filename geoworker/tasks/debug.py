@@ -6,6 +6,7 @@ a drill may carry any extra keys (a note, a tag), which are kept with the job.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -52,6 +53,23 @@ def debug_sleep(ctx: TaskContext) -> TaskResult:
     ctx.progress(1, f"sleeping {seconds:g} s")
     _sleep(seconds)
     return TaskResult(result={"slept": seconds, "pid": os.getpid()})
+
+
+def debug_write(ctx: TaskContext) -> TaskResult:
+    """Work `seconds`, then store one output (attempt.json: who wrote it, when) as file tasks do (fencing drills)."""
+    from geoworker.tasks.files import job_backend, store_files  # late: a storage backend, only for this one
+
+    seconds = _number(ctx.params, "seconds", 1.0)
+    ctx.progress(1, f"working {seconds:g} s")
+    _sleep(seconds)
+    out = ctx.workdir / "out"
+    out.mkdir(exist_ok=True)
+    record = out / "attempt.json"
+    record.write_text(json.dumps({"job": ctx.job.id, "attempt": ctx.job.attempts, "pid": os.getpid(),
+                                  "written_at": time.time()}))
+    with job_backend(ctx) as backend:
+        outputs, checksums = store_files(ctx, backend, {"record": record})
+    return TaskResult(outputs=outputs, result={"pid": os.getpid(), "sha256": {"outputs": checksums}})
 
 
 def debug_allocate(ctx: TaskContext) -> TaskResult:
@@ -104,6 +122,8 @@ TASKS = (
     _debug("debug.noop", debug_noop, Param("lines", "number", "log this many numbered lines", _seconds_like("lines"))),
     _debug("debug.sleep", debug_sleep, Param("seconds", "number", "how long to sleep", _seconds_like("seconds"),
                                              default=1.0, main=True)),
+    _debug("debug.write", debug_write, Param("seconds", "number", "how long to work before storing the output",
+                                             _seconds_like("seconds"), default=1.0, main=True)),
     _debug("debug.allocate", debug_allocate,
            Param("mb", "number", "MiB to allocate and touch", _seconds_like("mb"), default=100, main=True),
            Param("seconds", "number", "how long to hold it", _seconds_like("seconds"), default=5)),

@@ -3,8 +3,9 @@
 A file task is a Producer (geoworker.tasks.base): input path + output directory -> files.
 `file_task()` wraps one into a job handler: fetch the job's input into its private work
 directory, check it before anything decodes it (size, declared type, TIFF signature,
-malware scan), run the producer into workdir/out, hand the outputs to the storage backend,
-and record the sha256 of the input and of every output. The work directory itself is the
+malware scan), run the producer into workdir/out, hand the outputs to the storage backend
+(only while the job is still this worker's: `store_files` checks its lease), and record the
+sha256 of the input and of every output. The work directory itself is the
 child's to create and remove (geoworker.storage.workdir).
 """
 
@@ -33,7 +34,7 @@ def file_task(name: str, produce: Producer, params: Schema, outputs: tuple[str, 
     """
 
     def handler(ctx: TaskContext) -> TaskResult:
-        with _backend(ctx) as backend:
+        with job_backend(ctx) as backend:
             fetched = fetch_checked(ctx, backend)
             out_dir = Path(ctx.workdir) / "out"
             produced = produce(fetched.path, out_dir, ctx.params, ctx.settings,
@@ -45,7 +46,7 @@ def file_task(name: str, produce: Producer, params: Schema, outputs: tuple[str, 
 
 
 @contextmanager
-def _backend(ctx: TaskContext) -> Iterator[Any]:
+def job_backend(ctx: TaskContext) -> Iterator[Any]:
     """The context's storage backend, or one opened (and closed) for this job."""
     if ctx.storage is not None:
         yield ctx.storage
@@ -66,6 +67,11 @@ def fetch_checked(ctx: TaskContext, backend):
     fetched = backend.fetch(ctx.job, Path(ctx.workdir) / "input")
     ctx.progress(4, "checking the input")
     check_input(fetched.path, ctx.settings.storage, fetched.content_type)
+    if fetched.sidecars and ctx.settings.storage.scan_command:
+        from geoworker.storage.checks import scan_file  # late, as above
+
+        for sidecar in fetched.sidecars:  # GDAL parses these too
+            scan_file(sidecar, ctx.settings.storage.scan_command)
     return fetched
 
 
@@ -78,8 +84,7 @@ def store(ctx: TaskContext, backend, fetched, out_dir: Path, produced: Mapping[s
         summary["sha256"] = {"input": fetched.sha256, "outputs": {}}
         return TaskResult(result=summary)
     ctx.progress(92, "storing the outputs")
-    checksums = {kind: sha256_file(path) for kind, path in files.items()}
-    outputs = backend.store_outputs(ctx.job, files)
+    outputs, checksums = store_files(ctx, backend, files)
     summary["sha256"] = {"input": fetched.sha256, "outputs": checksums}
     if missing := sorted(set(files) - set(outputs)):
         summary["not_uploaded"] = missing
@@ -92,6 +97,18 @@ def store(ctx: TaskContext, backend, fetched, out_dir: Path, produced: Mapping[s
     return TaskResult(outputs=outputs, result=summary)
 
 
+def store_files(ctx: TaskContext, backend, files: Mapping[str, Path]) -> tuple[dict[str, str], dict[str, str]]:
+    """Hand the files to the storage backend, if the job is still this worker's; (references, sha256s).
+
+    The lease is checked last, right before anything is written: a worker whose heartbeats
+    have failed for about stale_after may already have lost the job to another host, which
+    writes the same outputs; a late copy must never replace them (ctx.check_lease raises).
+    """
+    checksums = {kind: sha256_file(path) for kind, path in files.items() if not path.is_dir()}
+    ctx.check_lease()
+    return backend.store_outputs(ctx.job, files), checksums
+
+
 def wants_download_urls(params: Mapping[str, Any]) -> bool:
     # jobs queued before parameters were stored snake_case may say presignUrls, or "true"
     value = params.get("presign_urls", params.get("presignUrls", False))
@@ -99,7 +116,10 @@ def wants_download_urls(params: Mapping[str, Any]) -> bool:
 
 
 def input_doc(fetched) -> dict[str, Any]:
-    return {"name": fetched.path.name, "size": fetched.size, "sha256": fetched.sha256, "source": fetched.source}
+    doc = {"name": fetched.path.name, "size": fetched.size, "sha256": fetched.sha256, "source": fetched.source}
+    if fetched.sidecars:
+        doc["sidecars"] = [p.name for p in fetched.sidecars]
+    return doc
 
 
 def scaled_progress(ctx: TaskContext, low: int, high: int):

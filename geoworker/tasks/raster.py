@@ -16,19 +16,9 @@ from geoworker.tasks.params import Param, Schema
 
 def processing_defaults(settings) -> dict[str, Any]:
     """The [processing] section plus the storage limits the pipeline enforces, as Options defaults."""
-    p = settings.processing
-    return {
-        "max_image_size": p.max_image_size,
-        "thumbnail_size": p.thumbnail_size,
-        "generate_thumbnails": p.generate_thumbnails,
-        "compression_quality": p.compression_quality,
-        "coordinate_system": p.coordinate_system,
-        "stretch": p.stretch,
-        "percentiles": list(p.percentiles),
-        "resampling": p.resampling,
-        "max_file_size": settings.storage.max_file_size,
-        "validate_headers": settings.storage.validate_headers,
-    }
+    from geoworker.processing.options import defaults_from_settings  # late: rasterio, as below
+
+    return defaults_from_settings(settings)
 
 
 def options_for(settings, params: Mapping[str, Any]):
@@ -79,7 +69,19 @@ OPTIONS = Schema((
           default=_default("thumbnail_size")),
     Param("generate_thumbnails", "boolean", "write a thumbnail", _option("generate_thumbnails"),
           default=_default("generate_thumbnails")),
+    Param("rpc_height", "number", "height (m) at which an RPC-only image is orthorectified (default: GDAL's)",
+          _option("rpc_height")),
+    Param("max_pixels", "integer", "refuse inputs declaring more pixels (can only lower processing.max_pixels)",
+          _option("max_pixels"), default=_default("max_pixels")),
+    Param("max_decoded_bytes", "integer", "refuse inputs larger once decoded (can only lower the operator's limit)",
+          _option("max_decoded_bytes"), default=_default("max_decoded_bytes")),
 ), check_all=_all_options)
+
+
+def options_named(*names: str) -> tuple[Param, ...]:
+    """Some of the PNG task's parameters, for tasks that render the same way (the map products)."""
+    by_name = {p.name: p for p in OPTIONS.params}
+    return tuple(by_name[n] for n in names)
 
 
 def produce_png(src: Path, out_dir: Path, params: Mapping[str, Any], settings: Any,

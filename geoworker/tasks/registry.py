@@ -1,6 +1,6 @@
 """The task registry: task_type -> Task. Adding a task is one module and one line here.
 
-    TASKS = _index(raster.TASKS, debug.TASKS)      <- add your module's TASKS
+    TASKS = _index(raster.TASKS, maps.TASKS, debug.TASKS)      <- add your module's TASKS
 
 `get()` is what a child runs and what a submission is checked against; `validate_params()`
 checks a job's parameters against the task's own schema when the job is submitted (CLI and
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from geoworker.errors import UnknownTask
-from geoworker.tasks import debug, raster
+from geoworker.tasks import debug, maps, raster
 from geoworker.tasks.base import Task
 
 
@@ -26,7 +26,7 @@ def _index(*families: Iterable[Task]) -> dict[str, Task]:
     return tasks
 
 
-TASKS: dict[str, Task] = _index(raster.TASKS, debug.TASKS)
+TASKS: dict[str, Task] = _index(raster.TASKS, maps.TASKS, debug.TASKS)
 
 
 def register(task: Task) -> Task:
