@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geoworker.processing.average import _column_blocks, _column_sums, _one_blas_thread, axis_footprints
+from geoworker.processing.average import axis_footprints, column_blocks, column_sums, one_blas_thread
 
 CHUNK = 32  # output rows computed at a time (strips of source rows a few MB big)
 
@@ -111,11 +111,11 @@ class _Taps:
         # average.py's banded matrix products over planar rows: the strided taps of
         # pixel-interleaved data run numpy's inner loop over 3 values at a time (3x slower)
         if self._blocks is None:
-            self._blocks = _column_blocks(axis_footprints(self.src, len(self.n0)), 0, self.src)
+            self._blocks = column_blocks(axis_footprints(self.src, len(self.n0)), 0, self.src)
         planar = np.ascontiguousarray(np.moveaxis(x, 2, 0), dtype=np.float32)
         out = np.empty((x.shape[2], x.shape[0], len(self.n0)), np.float32)
-        with _one_blas_thread():
-            _column_sums(planar, self._blocks, out)
+        with one_blas_thread():
+            column_sums(planar, self._blocks, out)
         return np.moveaxis(out, 0, 2)
 
 
