@@ -6,7 +6,8 @@
 Inputs are bench/processing.py's (generated once under --data, reused when present):
 a 100 MB striped RGB orthophoto, a 100 MB tiled uint16 DEM and a 1.1 GB BigTIFF.
 
-For each file, each run a fresh process tree, best wall time of --repeat:
+For each file, each run a fresh process tree, the reference and geoworker alternately
+(A B A B ...) --repeat times each; the median wall time, the ratio of medians, and every run:
   COG    gdal_translate -q -of COG -co NUM_THREADS=ALL_CPUS -co COMPRESS=C [-co QUALITY=85 | -co PREDICTOR=YES]
          beside make_cog(IN, OUT, defaults) (the same compression: JPEG q85 for 8-bit RGB, DEFLATE + predictor else)
   tiles  gdal2tiles.py --xyz -r average --processes=2 -q IN OUT
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,23 +102,29 @@ def runs_for(key: str, path: Path, out: Path, product: str) -> dict[str, list[st
 
 
 def run_one(key: str, path: Path, product: str, repeat: int, data_dir: Path) -> dict:
+    """Run the reference and geoworker alternately (A B A B ...) `repeat` times each.
+
+    Returns: per run name, the median wall time, the ratio of medians to the reference's,
+    every wall time in run order, and the highest peak PSS / RSS of any run.
+    """
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    best: dict[str, dict] = {}
+    runs: dict[str, dict] = {}
     for _ in range(repeat):
         with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
             for name, cmd in runs_for(key, path, Path(tmp), product).items():
                 wall, pss, rss, tail = measure(cmd, env)
-                prev = best.get(name)
-                if prev is None or wall < prev["wall_s"]:
-                    best[name] = {"wall_s": round(wall, 2), "peak_pss_mb": round(pss), "peak_rss_mb": round(rss),
-                                  **({"detail": tail} if name == "geoworker" else {})}
-                else:
-                    prev["peak_pss_mb"] = max(prev["peak_pss_mb"], round(pss))
-                    prev["peak_rss_mb"] = max(prev["peak_rss_mb"], round(rss))
-    ref = next(n for n in best if n != "geoworker")
-    for r in best.values():
-        r["ratio"] = round(r["wall_s"] / best[ref]["wall_s"], 2)
-    return best
+                r = runs.setdefault(name, {"walls": [], "peak_pss_mb": 0, "peak_rss_mb": 0})
+                r["walls"].append(round(wall, 2))
+                r["peak_pss_mb"] = max(r["peak_pss_mb"], round(pss))
+                r["peak_rss_mb"] = max(r["peak_rss_mb"], round(rss))
+                if name == "geoworker":
+                    r["detail"] = tail
+    for r in runs.values():
+        r["wall_s"] = round(statistics.median(r["walls"]), 2)
+    ref = next(n for n in runs if n != "geoworker")
+    for r in runs.values():
+        r["ratio"] = round(r["wall_s"] / runs[ref]["wall_s"], 2)
+    return runs
 
 
 def main() -> None:
@@ -136,14 +144,16 @@ def main() -> None:
     plan = [("cog", k) for k in args.cog_files.split(",") if k in paths]
     plan += [("tiles", k) for k in args.tile_files.split(",") if k in paths]
     results: dict = {}
-    print(f"{'product':<7} {'file':<24}{'size':>8}  {'run':<15}{'wall s':>8}{'ratio':>7}{'PSS MB':>8}{'RSS MB':>8}")
+    print(f"{'product':<7} {'file':<24}{'size':>8}  {'run':<15}{'wall s':>8}{'ratio':>7}{'PSS MB':>8}{'RSS MB':>8}"
+          "  every run (s)")
     for product, key in plan:
         path = paths[key]
         res = run_one(key, path, product, args.repeat, args.data)
         results.setdefault(product, {})[key] = res
         for name, r in res.items():
             print(f"{product:<7} {path.name:<24}{path.stat().st_size / 1e6:>6.0f}MB  {name:<15}{r['wall_s']:>8.2f}"
-                  f"{r['ratio']:>7.2f}{r['peak_pss_mb']:>8}{r['peak_rss_mb']:>8}", flush=True)
+                  f"{r['ratio']:>7.2f}{r['peak_pss_mb']:>8}{r['peak_rss_mb']:>8}  {' '.join(map(str, r['walls']))}",
+                  flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
 

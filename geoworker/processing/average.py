@@ -105,7 +105,7 @@ def _meeting(axis: Axis, start: int, stop: int) -> range:
     return range(int(np.searchsorted(axis.n1, start, side="right")), int(np.searchsorted(axis.n0, stop, side="left")))
 
 
-def _column_blocks(axis: Axis, c0: int, c1: int) -> list[tuple[int, int, int, int, np.ndarray]]:
+def column_blocks(axis: Axis, c0: int, c1: int) -> list[tuple[int, int, int, int, np.ndarray]]:
     """Banded weight matrices for source columns c0 .. c1 - 1.
 
     Returns (j0, j1, a, b, W): output columns j0 .. j1 - 1 are columns a .. b - 1 of the
@@ -157,7 +157,7 @@ def _row_sums(data: np.ndarray, axis: Axis, js: range, s0: int, s1: int, out: np
                 acc += tmp
 
 
-def _column_sums(rows: np.ndarray, blocks, out: np.ndarray) -> None:
+def column_sums(rows: np.ndarray, blocks, out: np.ndarray) -> None:
     """out (bands, n, out_w) float32 = column-weighted sums of rows (bands, n, cols): banded matmuls."""
     bands, n, width = rows.shape
     flat = rows.reshape(bands * n, width)
@@ -188,7 +188,7 @@ def _plan(size: tuple[int, int], shape: tuple[int, int], block: tuple[int, int],
     windows = [(r, min(height, r + window_h)) for r in range(0, height, window_h)]
     chunks = []
     for c0 in range(0, width, chunk_w):
-        blocks = _column_blocks(cols, c0, min(width, c0 + chunk_w))
+        blocks = column_blocks(cols, c0, min(width, c0 + chunk_w))
         coverage = np.zeros(out_w, np.float32)  # share of each output column's weight in this chunk
         for j0, j1, _, _, w in blocks:
             coverage[j0:j1] += w.sum(axis=0)
@@ -292,7 +292,7 @@ def decimate(handle_ctx, indexes: list[int], size: tuple[int, int], block: tuple
     output = _Output(plan, bands, shape, dtype, mask_kind, nodatas, alpha_pos)
 
     def window(s0: int, s1: int):
-        with handle_ctx() as handle, _one_blas_thread():
+        with handle_ctx() as handle, one_blas_thread():
             return _window(plan, output, handle, indexes, dtype, mask_kind, nodatas, alpha_pos, s0, s1)
 
     if threads <= 1 or len(plan.windows) == 1:
@@ -342,7 +342,7 @@ def _blas_thread_setter():
 
 
 @contextmanager
-def _one_blas_thread() -> Iterator[None]:
+def one_blas_thread() -> Iterator[None]:
     """Run this thread's matrix products on this thread only.
 
     The windows already keep every core busy; OpenBLAS would otherwise spread each
@@ -396,10 +396,10 @@ def _window(plan: _Plan, output: _Output, handle, indexes: list[int], dtype: np.
                 total = np.zeros((bands, len(js), out_w), np.float32)
                 total_den = np.zeros((n_masks, len(js), out_w), np.float32) if n_masks else None
             _row_sums(data, plan.rows, part, s0, s1, rows[:, :n])
-            _column_sums(np.ascontiguousarray(rows[:, :n]), blocks, num)
+            column_sums(np.ascontiguousarray(rows[:, :n]), blocks, num)
             if mrows is not None:
                 _row_sums(masks, plan.rows, part, s0, s1, mrows[:, :n])
-                _column_sums(np.ascontiguousarray(mrows[:, :n]), blocks, den)
+                column_sums(np.ascontiguousarray(mrows[:, :n]), blocks, den)
             elif den is not None:
                 den[:] = (_row_weights(plan.rows, part, s0, s1)[:, None] * coverage)[None]
             if single:

@@ -1,10 +1,13 @@
 """Task geotiff_to_cog: a full-resolution Cloud-Optimized GeoTIFF, plus the PNG task's metadata and thumbnail.
 
 GDAL's COG driver (through rasterio) writes the file: 512 px tiles, overviews down to
-<= 256 px, invalid pixels kept invalid, then rio-cogeo validates it. Everything that
-decides *how* (compression, predictor, overview resampling, overview count, whether
-nodata must become an internal mask) is a pure function of the dataset's structure
-(`cog_plan`), so tests can check the choices without writing files.
+<= 256 px, invalid pixels kept invalid, then rio-cogeo validates it. The exception is
+the default for 8-bit RGB(A) orthophotos, a JPEG COG on the source's grid: cog_jpeg.py
+writes the same file with libjpeg-turbo (rasterio's GDAL has the 2.5x slower IJG
+libjpeg). Everything that decides *how* (compression, predictor, overview resampling,
+overview count, whether nodata must become an internal mask, which writer) is a pure
+function of the dataset's structure (`cog_plan`), so tests can check the choices
+without writing files.
 
 Lossy compression (JPEG, WebP) cannot keep a nodata value exact: an invalid pixel next
 to valid ones comes back a little off zero, and a valid dark pixel may come back as
@@ -29,9 +32,10 @@ import rasterio.shutil
 from rasterio.enums import ColorInterp
 
 from geoworker.errors import GeoworkerError, Unsupported
-from geoworker.processing import encode, georef, metadata, read, render
+from geoworker.processing import cog_jpeg, encode, georef, metadata, read, render
 from geoworker.processing.map_options import CogOptions
 from geoworker.processing.pipeline import (
+    READ_THREADS,
     STATS_SIZE,
     Progress,
     Run,
@@ -68,6 +72,8 @@ class CogPlan:
     mask: str  # "nodata" | "internal mask" | "alpha" | "none": how invalid pixels are kept
     nodata_to_mask: bool  # whether the source goes through a VRT that turns nodata into a mask
     categorical: bool
+    writer: str = "gdal"  # "gdal": GDAL's COG driver; "jpeg": cog_jpeg (libjpeg-turbo tiles)
+    source_mask: str = "none"  # how the source marks invalid pixels (read.BandPlan.mask), for cog_jpeg
 
 
 def overview_count(width: int, height: int, smallest: int = SMALLEST_OVERVIEW) -> int:
@@ -138,7 +144,21 @@ def cog_plan(ds: rasterio.DatasetReader, plan: read.BandPlan, options: CogOption
         mask = "internal mask"
     else:
         mask = plan.mask
-    return CogPlan(compression, creation, mask, nodata_to_mask, categorical)
+    source_mask = read.plan_bands(ds, None).mask  # of the whole file, whatever bands the thumbnail shows
+    writer = "jpeg" if own_jpeg_writer_fits(ds, compression, options, source_mask) else "gdal"
+    return CogPlan(compression, creation, mask, nodata_to_mask, categorical, writer, source_mask)
+
+
+def own_jpeg_writer_fits(ds: rasterio.DatasetReader, compression: str, options: CogOptions, source_mask: str) -> bool:
+    """Whether cog_jpeg writes this COG: an 8-bit RGB(A) JPEG on the source's own grid.
+
+    GDAL's driver keeps the rest: the lossless compressions (faster through GDAL than
+    gdal_translate already), WebP, the Web-Mercator grid (a warp), and the georeferencing
+    that is not a CRS + transform (GCPs, RPCs).
+    """
+    return (compression == "jpeg" and options.tiling_scheme == "native"
+            and is_rgb8(list(ds.dtypes), list(ds.colorinterp)) and source_mask in cog_jpeg.MASK_KINDS
+            and not ds.gcps[0] and ds.rpcs is None)
 
 
 def nodata_mask_vrt(ds: rasterio.DatasetReader) -> str:
@@ -172,13 +192,17 @@ def nodata_mask_vrt(ds: rasterio.DatasetReader) -> str:
 
 
 def write_cog(ds: rasterio.DatasetReader, path: Path, plan: CogPlan) -> None:
-    """Write the COG with GDAL's COG driver.
+    """Write the COG: JPEG RGB(A) on the source grid with cog_jpeg, everything else with GDAL's COG driver.
 
     Args:
         ds: the open source.
         path: the file to write (a temporary name; the caller renames it).
         plan: cog_plan's choices.
     """
+    if plan.writer == "jpeg":
+        cog_jpeg.write_jpeg_cog(ds, path, plan.creation["QUALITY"], plan.creation["OVERVIEW_COUNT"],
+                                plan.source_mask)
+        return
     with ExitStack() as stack:
         source = ds
         if plan.nodata_to_mask:
@@ -238,7 +262,7 @@ def _preview(cog: rasterio.DatasetReader, options: CogOptions, run: Run):
     base = options.base
     plan = read.plan_bands(cog, base.bands, detects_classes(base))
     shape = read.output_shape(cog.width, cog.height, STATS_SIZE)
-    data, valid = read.read_decimated(cog, plan, shape, base.resampling)
+    data, valid = read.read_decimated(cog, plan, shape, base.resampling, threads=READ_THREADS)
     stats = statistics(data, valid, plan.indexes, base.percentiles)
     bands, valid, ranges = render_bands(data, valid, plan, stats, base, cog, run)
     return plan, shape, stats, ranges, encode.to_pil(render.to_pixels(list(bands), valid))
@@ -253,6 +277,7 @@ def _output_doc(cog: rasterio.DatasetReader, plan: CogPlan, options: CogOptions)
         "count": cog.count, "dtypes": list(cog.dtypes), "block_size": [BLOCK_SIZE, BLOCK_SIZE],
         "overviews": cog.overviews(1), "overview_resampling": plan.creation["RESAMPLING"].lower(),
         "invalid_pixels": plan.mask, "nodata": cog.nodata, "tiling_scheme": options.tiling_scheme,
+        "writer": "geoworker (libjpeg-turbo)" if plan.writer == "jpeg" else "GDAL COG driver",
         "crs": crs, "crs_epsg": (crs or {}).get("epsg"), "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
     }
     if options.tiling_scheme != "native":
