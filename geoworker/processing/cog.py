@@ -19,7 +19,6 @@ COG driver writes that mask beside the JPEG tiles. Lossless output keeps nodata 
 from __future__ import annotations
 
 import importlib
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -42,6 +41,7 @@ from geoworker.processing.pipeline import (
     Source,
     detects_classes,
     file_doc,
+    finished,
     gdal_errors_are_input_errors,
     open_source,
     render_bands,
@@ -49,6 +49,7 @@ from geoworker.processing.pipeline import (
     statistics,
     stats_doc,
     summary_doc,
+    write_metadata,
 )
 
 BLOCK_SIZE = 512
@@ -353,15 +354,8 @@ def make_cog(src: str | Path, out_dir: str | Path, options: CogOptions, progress
             doc["render_mode"] = render_plan.kind
             doc["output"] = {**_output_doc(cog, plan, options), "validation": doc_validation,
                              "thumbnail": thumb_size, "file_sizes": sizes}
-            outputs["metadata"] = f"{stem}.json"
-            run.timings["total"] = round(time.perf_counter() - started, 4)
-            doc["timings"] = run.timings
-            doc["warnings"] = run.warnings
-            encode.write_text(out_dir / outputs["metadata"], json.dumps(metadata.json_safe(doc), indent=2) + "\n")
-    run.timings["total"] = round(time.perf_counter() - started, 4)
-    run.report(100, "done")
-    return {"outputs": outputs, "metadata": _summary(doc), "timings": dict(run.timings),
-            "warnings": list(run.warnings)}
+            write_metadata(run, started, out_dir / f"{stem}.json", doc, outputs)
+    return finished(run, started, outputs, _summary(doc))
 
 
 def _check_scheme(source: Source, options: CogOptions) -> tuple[int, int] | None:

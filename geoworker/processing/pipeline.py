@@ -288,6 +288,22 @@ def stats_doc(stats, ranges, indexes, shape, stretch: str) -> dict:
     }
 
 
+def write_metadata(run: Run, started: float, path: Path, doc: dict, outputs: dict) -> None:
+    """<stem>.json: the document with the stage timings and warnings so far; named in outputs["metadata"]."""
+    outputs["metadata"] = path.name
+    run.timings["total"] = round(time.perf_counter() - started, 4)
+    doc["timings"] = run.timings
+    doc["warnings"] = run.warnings
+    encode.write_text(path, json.dumps(metadata.json_safe(doc), indent=2) + "\n")
+
+
+def finished(run: Run, started: float, outputs: dict, summary: dict) -> dict:
+    """What every producer returns: {"outputs", "metadata" (summary), "timings", "warnings"}."""
+    run.timings["total"] = round(time.perf_counter() - started, 4)
+    run.report(100, "done")
+    return {"outputs": outputs, "metadata": summary, "timings": dict(run.timings), "warnings": list(run.warnings)}
+
+
 def _summary(doc: dict) -> dict:
     crs = doc.get("crs") or {}
     out = doc.get("output", {})
@@ -388,15 +404,8 @@ def process_file(src: str | Path, out_dir: str | Path, options: Options,
                 "transform": [transform.a, transform.b, transform.c, transform.d, transform.e, transform.f],
                 "world_file": georef.world_file_lines(transform), "thumbnail": thumb_size, "file_sizes": sizes,
             }
-            outputs["metadata"] = f"{stem}.json"
-            run.timings["total"] = round(time.perf_counter() - started, 4)
-            doc["timings"] = run.timings
-            doc["warnings"] = run.warnings
-            encode.write_text(out_dir / outputs["metadata"], json.dumps(metadata.json_safe(doc), indent=2) + "\n")
-    run.timings["total"] = round(time.perf_counter() - started, 4)
-    run.report(100, "done")
-    return {"outputs": outputs, "metadata": _summary(doc), "timings": dict(run.timings),
-            "warnings": list(run.warnings)}
+            write_metadata(run, started, out_dir / f"{stem}.json", doc, outputs)
+    return finished(run, started, outputs, _summary(doc))
 
 
 @gdal_errors_are_input_errors
