@@ -7,8 +7,9 @@ database connection is made here, after fork.
 
 Fencing: a child that cannot get a heartbeat confirmed for (about) worker.stale_after stops
 working on its job by itself before another host may rescue it, and stores nothing for it
-afterwards (lease.py says when; `_fence` and `_check_lease` here do it). It tells its supervisor
-("fenced"), which settles the attempt once the database answers, and exits.
+afterwards (lease.py says when, keeper.py keeps the lease and heartbeats it; `_check_lease`
+and the ping thread here stop the job). It tells its supervisor ("fenced"), which settles the
+attempt once the database answers, and exits.
 
 Signals, as the supervisor uses them:
   SIGUSR1  finish the current job, then exit (graceful stop, reload, recycle)
@@ -25,7 +26,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, NoReturn
 
 from loguru import logger
@@ -35,10 +35,11 @@ from geoworker.backoff import Backoff
 from geoworker.db import STATEMENT_TIMEOUT
 from geoworker.errors import DatabaseUnavailable, GeoworkerError, LockLost, describe
 from geoworker.jobs import Job
-from geoworker.lease import Lease, lease_clock, margin_for
+from geoworker.keeper import PING_INTERVAL, JobKeeper
+from geoworker.lease import lease_clock
 from geoworker.queue import Queue, open_queue
 from geoworker.storage import open_backend
-from geoworker.storage.workdir import create_workdir, remove_workdir
+from geoworker.storage.workdir import job_workdirs
 
 CHILD_OK = 0
 CHILD_CRASHED = 1
@@ -46,7 +47,6 @@ CHILD_BOOT_ERROR = 3
 CHILD_ABORTED = 4
 GRACEFUL_SIGNAL = signal.SIGUSR1
 PR_SET_PDEATHSIG = 1
-PING_INTERVAL = 1.0
 FENCE_CHECK = 0.25  # seconds between two looks at the job's lease (lease.MIN_MARGIN is twice this)
 
 
@@ -82,16 +82,11 @@ class Child:
         self.queue: Queue | None = None
         self.stopping = False
         self.jobs_done = 0
-        self.current: Job | None = None
         self._ctl_lock = threading.Lock()
         self._storage = None
-        self._heartbeat_due = 0.0
+        self.keeper = JobKeeper(settings, self.send)  # the held job's heartbeats, lease and fence
         self._next: Job | None = None  # claimed together with the last completion
         self._next_sent = 0.0  # when the call that claimed it was sent (its lease starts there)
-        self.lease: Lease | None = None  # the running job's (lease.py)
-        self._working: Job | None = None  # the job whose handler is running: what a fence stops
-        self._fenced: str | None = None  # the job this child fenced itself off (once per job)
-        self._fence_lock = threading.Lock()
         self._waiting = False  # in _idle_wait's wait, where SIGUSR1 may interrupt (nothing is half-done there)
 
     # --- life --------------------------------------------------------------------------
@@ -144,7 +139,7 @@ class Child:
         db.install_client_timeout(STATEMENT_TIMEOUT + 5)  # a silent server is retried like a lost one
         logs.setup_child_logging(2, self.settings.logging.level)
         # two threads, so that a database call stuck in a reconnect never silences the pings
-        for target, name in ((self._ping_loop, "ping"), (self._heartbeat_loop, "heartbeat")):
+        for target, name in ((self._ping_loop, "ping"), (self.keeper.heartbeat_loop, "heartbeat")):
             threading.Thread(target=target, name=name, daemon=True).start()
 
     def boot(self) -> int:
@@ -153,6 +148,7 @@ class Child:
         # on the database, or on the API (queue.mode = "http"): the child only knows the Queue interface
         self.queue = open_queue(s, self.worker_id, f"geoworker-child-{os.getpid()}", dsn=self.dsn,
                                 statement_timeout=STATEMENT_TIMEOUT)
+        self.keeper.queue = self.queue
         try:
             self.queue.ping()
             if s.database.listen:
@@ -219,34 +215,23 @@ class Child:
         Args:
             claimed: when the call that claimed it was sent (lease_clock(); default now): its lease starts there.
         """
-        self.lease = Lease(job.id, lease_clock() if claimed is None else claimed, self.settings.worker.stale_after)
-        self.current = job
+        self.keeper.hold(job, claimed)
         timeout = _timeout_param(job)
         self.send("busy", job=job.id, task=job.task_type, attempt=job.attempts, max_attempts=job.max_attempts,
                   timeout=timeout)
         started = time.monotonic()
         outcome, error_code, timings, retried = "failed", None, None, False
-        made: list[Path] = []
-
-        def workdir() -> Path:  # created when the task first asks for it
-            made.append(create_workdir(self.settings.storage.temp_dir, job.id))
-            return made[-1]
-
-        with logger.contextualize(job=job.id, attempt=job.attempts, task=job.task_type):
+        # the work directory is created when the task first asks for it, and removed at the end
+        with logger.contextualize(job=job.id, attempt=job.attempts, task=job.task_type), \
+                job_workdirs(self.settings.storage.temp_dir, job.id) as workdir:
             logger.info(f"job {job.id} started: {job.task_type} (attempt {job.attempts} of {job.max_attempts})")
-            self._heartbeat_due = time.monotonic() + self.settings.worker.heartbeat_interval
             try:
                 task = tasks.get(job.task_type, self.settings)
                 ctx = tasks.TaskContext(job=job, settings=self.settings, workdir=workdir, report=self._progress,
                                         storage=self.storage() if task.needs_input else None,
                                         check_lease=self._check_lease)
-                self._working = job
-                try:
+                with self.keeper.working_on(job):
                     result = task.handler(ctx)
-                finally:
-                    # the work is done: writing its outcome is safe however late (a job someone
-                    # else holds by then refuses it), so the fence no longer applies
-                    self._working = None
                 if self._finish(lambda: self._complete(job, result)):
                     outcome = "succeeded"
                     timings = (result.result or {}).get("timings") if isinstance(result.result, dict) else None
@@ -266,9 +251,7 @@ class Child:
                 outcome = "failed" if done else "discarded"
                 retried = bool(ended) and ended[-1].status == "queued"  # for the metrics: retry or failed for good
             finally:
-                self.current = None
-                for path in made:
-                    remove_workdir(path)
+                self.keeper.drop()
         self.jobs_done += 1
         self.send("idle", job=job.id, task=job.task_type, outcome=outcome, error_code=error_code, retried=retried,
                   duration=round(time.monotonic() - started, 6), timings=timings, jobs_done=self.jobs_done)
@@ -310,7 +293,7 @@ class Child:
                 time.sleep(delay)
 
     def _progress(self, percent: int, message: str) -> None:
-        job = self.current
+        job = self.keeper.current
         if job is None:
             return
         sent = lease_clock()
@@ -319,13 +302,9 @@ class Child:
         except DatabaseUnavailable as exc:
             logger.warning(f"progress not recorded: {exc}")
             return
-        self._heartbeat_due = time.monotonic() + self.settings.worker.heartbeat_interval
-        if still_ours:
-            self._renew(job, sent)
-        else:
-            self._lost(job)
+        self.keeper.confirmed(job, sent, still_ours)
 
-    # --- the background thread: liveness for the supervisor, heartbeats for the database --------
+    # --- the ping thread: liveness for the supervisor, and the fence --------------------------
 
     def _ping_loop(self) -> None:
         """Tell the supervisor every second that this process is alive, and watch the job's lease.
@@ -338,76 +317,18 @@ class Child:
             time.sleep(FENCE_CHECK)
             if os.getppid() != self.parent_pid:
                 os._exit(CHILD_ABORTED)
-            job, lease = self._working, self.lease
-            if job is not None and lease is not None and lease.job_id == job.id and lease.expired(lease_clock()):
-                if self._fence(job, lease):
-                    os.kill(os.getpid(), signal.SIGTERM)  # the main thread raises Fenced (see _on_term)
+            if (job := self.keeper.spent()) is not None and self.keeper.fence(job):
+                os.kill(os.getpid(), signal.SIGTERM)  # the main thread raises Fenced (see _on_term)
             if (now := time.monotonic()) >= next_ping:
                 next_ping = now + PING_INTERVAL
-                job = self.current
+                job = self.keeper.current
                 self.send("ping", job=job.id if job else None)
-
-    def _heartbeat_loop(self) -> None:
-        """Heartbeat the running job every heartbeat_interval.
-
-        A thread here rather than the supervisor's job, so that it proves what the rest of the
-        fleet needs to know: this very process is alive and scheduling. A stopped or wedged
-        child stops both its pings and its heartbeats, and is killed locally (silence) or
-        rescued from another host (stale heartbeat). It shares the child's one connection.
-        """
-        w = self.settings.worker
-        # after a failure, try again sooner: two missed heartbeats in a row must not cost the lease
-        retry_after = min(w.heartbeat_interval, max(PING_INTERVAL, margin_for(w.stale_after) / 2))
-        while True:
-            time.sleep(min(PING_INTERVAL, w.heartbeat_interval))
-            job = self.current
-            if job is None or time.monotonic() < self._heartbeat_due:
-                continue
-            self._heartbeat_due = time.monotonic() + w.heartbeat_interval
-            sent = lease_clock()
-            try:
-                if self.queue.heartbeat(job.id):
-                    self._renew(job, sent)
-                elif self._working is job:  # (while its outcome is written, that write learns it is refused)
-                    self._lost(job)
-            except DatabaseUnavailable as exc:
-                self._heartbeat_due = time.monotonic() + retry_after
-                logger.warning(f"heartbeat failed: {exc}")
-            except Exception:
-                logger.exception("heartbeat failed")
-
-    def _renew(self, job: Job, sent: float) -> None:
-        lease = self.lease
-        if lease is not None and lease.job_id == job.id:
-            lease.renew(sent)
-
-    # --- fencing: stop before anyone may rescue the job --------------------------------------
 
     def _check_lease(self) -> None:
         """Raise Fenced if the running job's lease has run out: called before anything is stored."""
-        job, lease = self._working, self.lease
-        if job is not None and lease is not None and lease.job_id == job.id and lease.expired(lease_clock()):
-            self._fence(job, lease)
+        if (job := self.keeper.spent()) is not None:
+            self.keeper.fence(job)
             raise Fenced()
-
-    def _fence(self, job: Job, lease: Lease) -> bool:
-        """Say once that this child stops working on `job` (log and supervisor); False if already said."""
-        with self._fence_lock:
-            if self._fenced == job.id:
-                return False
-            self._fenced = job.id
-        silent = lease.silent_for(lease_clock())
-        logger.bind(job=job.id).warning(
-            f"job {job.id}: no heartbeat confirmed for {silent:.1f} s (worker.stale_after is "
-            f"{lease.stale_after:g} s): stopping work on it and storing nothing more, so that another "
-            f"worker may take it over")
-        self.send("fenced", job=job.id, silent=round(silent, 3), stale_after=lease.stale_after)
-        return True
-
-    def _lost(self, job: Job) -> None:
-        """Someone else decided this job (cancelled, rescued): ask the supervisor to stop us."""
-        logger.warning(f"job {job.id} is no longer ours (cancelled or rescued); stopping it")
-        self.send("lost", job=job.id)
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -432,8 +353,7 @@ class Child:
 
     def _on_term(self, signum, frame) -> None:
         self.stopping = True
-        fenced = self._fenced is not None and self._working is not None and self._working.id == self._fenced
-        raise Fenced() if fenced else Shutdown()
+        raise Fenced() if self.keeper.fenced_now() else Shutdown()
 
     def _on_graceful(self, signum, frame) -> None:
         self.stopping = True

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from geoworker import __version__, db, tasks
+from geoworker import __version__, db, reports, tasks
 from geoworker.config import load_settings
 from geoworker.errors import ConfigError, DatabaseUnavailable, GeoworkerError
 from geoworker.jobs import Status
@@ -288,7 +288,7 @@ def _print_table(name: str, values: dict[str, Any]) -> None:
 
 def cmd_stats(args) -> int:
     queue = open_queue(load(args))
-    stats = queue.stats()
+    stats = reports.stats(queue)
     if args.json:
         _out(stats)
         return 0

@@ -181,8 +181,8 @@ class JobQueue:
             self._conn.close()
         self._conn = None
 
-    def _run(self, name: str, params: Mapping[str, Any] | None = None, cursor=None) -> list[dict]:
-        """Run a named query; a lost connection is dropped (reopened next time) and reported."""
+    def query(self, name: str, params: Mapping[str, Any] | None = None, cursor=None) -> list[dict]:
+        """Run one named statement of sql/queries.sql; a lost connection is dropped (reopened next time) and reported."""
         try:
             with self._lock, db.wrap_errors(f"query {name}"):
                 if cursor is not None:
@@ -204,7 +204,7 @@ class JobQueue:
                 priority: int = 0, max_attempts: int = 5, run_at: dt.datetime | None = None,
                 owner: str | None = None, status: Status = Status.QUEUED) -> Job:
         """Create a job (queued, or pending while its input is uploaded); NOTIFY wakes workers."""
-        rows = self._run("enqueue_job", {
+        rows = self.query("enqueue_job", {
             "task_type": task_type, "status": Status(status).value, "priority": int(priority),
             "params": _json(dict(params or {})), "input": _json(input), "max_attempts": int(max_attempts),
             "run_at": run_at, "owner": owner, "actor": self.worker_id})
@@ -213,14 +213,14 @@ class JobQueue:
     def enqueue_many(self, task_type: str, params_list: Sequence[Mapping[str, Any]], *, priority: int = 0,
                      max_attempts: int = 5, run_at: dt.datetime | None = None) -> int:
         """Create many queued jobs of one task in one statement; returns how many."""
-        rows = self._run("enqueue_jobs", {
+        rows = self.query("enqueue_jobs", {
             "task_type": task_type, "priority": int(priority), "params": _json(list(params_list)),
             "max_attempts": int(max_attempts), "run_at": run_at, "actor": self.worker_id})
         return int(rows[0]["inserted"])
 
     def queue_pending(self, job_id: str, input: Any, data: Mapping[str, Any] | None = None) -> Job:
         """A pending job's input has arrived: queue it."""
-        rows = self._run("queue_pending_job", {"id": job_id, "input": _json(input), "data": _json(data),
+        rows = self.query("queue_pending_job", {"id": job_id, "input": _json(input), "data": _json(data),
                                                "actor": self.worker_id})
         if not rows:
             job = self.get(job_id)
@@ -231,27 +231,27 @@ class JobQueue:
 
     def claim(self) -> Job | None:
         """Take the next claimable job for this worker (attempts += 1), or None."""
-        rows = self._run("claim_next_job", {"worker": self.worker_id})
+        rows = self.query("claim_next_job", {"worker": self.worker_id})
         return Job.from_row(rows[0]) if rows else None
 
     def held_job(self, worker_id: str | None = None) -> Job | None:
         """The running job `worker_id` (default: this worker) holds, or None."""
-        rows = self._run("held_job", {"worker": worker_id or self.worker_id})
+        rows = self.query("held_job", {"worker": worker_id or self.worker_id})
         return Job.from_row(rows[0]) if rows else None
 
     def heartbeat(self, job_id: str) -> bool:
         """True while this worker still holds the job."""
-        return bool(self._run("heartbeat", {"id": job_id, "worker": self.worker_id}))
+        return bool(self.query("heartbeat", {"id": job_id, "worker": self.worker_id}))
 
     def progress(self, job_id: str, percent: int, message: str | None = None) -> bool:
         """Record progress (an event too); True while this worker still holds the job."""
         percent = max(0, min(100, int(percent)))
-        return bool(self._run("report_progress", {"id": job_id, "worker": self.worker_id,
+        return bool(self.query("report_progress", {"id": job_id, "worker": self.worker_id,
                                                   "progress": percent, "message": message}))
 
     def complete(self, job_id: str, outputs: Any = None, result: Any = None) -> Job:
         """Mark the job succeeded; LockLost if this worker no longer holds it."""
-        rows = self._run("complete_job", {"id": job_id, "worker": self.worker_id,
+        rows = self.query("complete_job", {"id": job_id, "worker": self.worker_id,
                                           "outputs": _json(outputs), "result": _json(result)})
         if not rows:
             self._refuse(job_id, "complete")
@@ -265,7 +265,7 @@ class JobQueue:
             the refusal is recorded as with complete(), and the next job is still this
             worker's to run.
         """
-        [row] = self._run("complete_and_claim", {"id": job_id, "worker": self.worker_id,
+        [row] = self.query("complete_and_claim", {"id": job_id, "worker": self.worker_id,
                                                  "outputs": _json(outputs), "result": _json(result)})
         completed = bool(row.pop("completed"))
         next_job = Job.from_row(row) if row.get("id") is not None else None
@@ -292,7 +292,7 @@ class JobQueue:
             min_delay: the retry waits at least this long (a killed child may need its grace
                 period to die; the job must not run twice at once meanwhile).
         """
-        rows = self._run("fail_attempt", {
+        rows = self.query("fail_attempt", {
             "id": job_id, "worker": holder, "actor": self.worker_id, "code": code,
             "message": " ".join(str(message).split())[:2000], "permanent": bool(permanent),
             # no retry, no delay: a failure for good must not depend on a backoff it will never wait
@@ -304,14 +304,14 @@ class JobQueue:
 
     def release(self, job_id: str, holder: str, message: str, delay: float = 0.0) -> Job:
         """Give `holder`'s running job back to the queue without counting the attempt (claimable after `delay` s)."""
-        rows = self._run("release_job", {"id": job_id, "worker": holder, "actor": self.worker_id,
+        rows = self.query("release_job", {"id": job_id, "worker": holder, "actor": self.worker_id,
                                          "message": message, "delay": float(delay)})
         if not rows:
             self._refuse(job_id, "release", holder=holder)
         return Job.from_row(rows[0])
 
     def _refuse(self, job_id: str, operation: str, holder: str | None = None, cursor=None):
-        rows = self._run("refuse_stale_result", {"id": job_id, "worker": holder or self.worker_id,
+        rows = self.query("refuse_stale_result", {"id": job_id, "worker": holder or self.worker_id,
                                                  "operation": operation}, cursor=cursor)
         if not rows:
             raise JobNotFound(f"no job {job_id}")
@@ -326,7 +326,7 @@ class JobQueue:
     def _requeue_stale(self, stale_after: float, limit: int) -> list[Job]:
         rescued: list[Job] = []
         with db.transaction(self.conn) as cur:
-            stale = self._run("find_stale_jobs", {"stale_after": float(stale_after), "limit": limit}, cursor=cur)
+            stale = self.query("find_stale_jobs", {"stale_after": float(stale_after), "limit": limit}, cursor=cur)
             for row in stale:
                 age = (dt.datetime.now(dt.timezone.utc) - row["heartbeat_at"]).total_seconds()
                 rescued.append(self.end_attempt(
@@ -340,7 +340,7 @@ class JobQueue:
     def cancel(self, job_id: str, reason: str = "cancelled by operator", owner: str | None = None) -> Job:
         """Cancel a pending, queued or running job (a running one is killed by its supervisor)."""
         self.get(job_id, owner=owner)
-        rows = self._run("cancel_job", {"id": job_id, "reason": reason, "actor": self.worker_id})
+        rows = self.query("cancel_job", {"id": job_id, "reason": reason, "actor": self.worker_id})
         if not rows:
             raise InvalidState(f"job {job_id} is already {self.get(job_id).status}; nothing to cancel")
         return Job.from_row(rows[0])
@@ -348,13 +348,13 @@ class JobQueue:
     def retry_now(self, job_id: str, owner: str | None = None) -> Job:
         """Queue a failed or cancelled job again with fresh attempts (only `owner`'s, when given)."""
         self.get(job_id, owner=owner)  # JobNotFound for a stranger's job or a malformed id
-        rows = self._run("retry_job", {"id": job_id, "actor": self.worker_id})
+        rows = self.query("retry_job", {"id": job_id, "actor": self.worker_id})
         if not rows:
             raise InvalidState(f"job {job_id} is {self.get(job_id).status}; only failed or cancelled jobs can be retried")
         return Job.from_row(rows[0])
 
     def add_event(self, job_id: str, kind: str, message: str, data: Mapping[str, Any] | None = None) -> None:
-        self._run("add_event", {"id": job_id, "kind": kind, "message": message, "worker": self.worker_id,
+        self.query("add_event", {"id": job_id, "kind": kind, "message": message, "worker": self.worker_id,
                                 "data": _json(data)})
 
     # --- reading ----------------------------------------------------------------------
@@ -363,7 +363,7 @@ class JobQueue:
         """One job; JobNotFound if there is none (or it is someone else's)."""
         if not _is_uuid(job_id):
             raise JobNotFound(f"no job {job_id!r} (a job id is a UUID)")
-        rows = self._run("get_job", {"id": job_id, "owner": owner})
+        rows = self.query("get_job", {"id": job_id, "owner": owner})
         if not rows:
             raise JobNotFound(f"no job {job_id}")
         return Job.from_row(rows[0])
@@ -371,81 +371,45 @@ class JobQueue:
     def list(self, status: str | None = None, limit: int = 50, owner: str | None = None,
              task: str | None = None, offset: int = 0) -> list[Job]:
         """The newest jobs first, `limit` of them after skipping `offset`."""
-        rows = self._run("list_jobs", {"status": status, "limit": int(limit), "owner": owner, "task": task,
+        rows = self.query("list_jobs", {"status": status, "limit": int(limit), "owner": owner, "task": task,
                                        "offset": int(offset)})
         return [Job.from_row(r) for r in rows]
 
     def events(self, job_id: str, owner: str | None = None) -> list[dict[str, Any]]:
         self.get(job_id, owner=owner)
-        return [{**r, "at": r["at"].isoformat()} for r in self._run("job_events", {"id": job_id})]
+        return [{**r, "at": r["at"].isoformat()} for r in self.query("job_events", {"id": job_id})]
 
     def summary(self) -> dict[str, Any]:
         """Claimable, scheduled and running counts, and the age of the oldest claimable job."""
-        row = self._run("queue_summary")[0]
+        row = self.query("queue_summary")[0]
         return {k: (float(v) if k == "oldest_ready_age" else int(v)) for k, v in row.items()}
 
     def count_by_status(self) -> dict[str, int]:
         """How many jobs are in each status (every status, zeros included)."""
         counts = {s.value: 0 for s in Status}
-        counts.update({r["status"]: int(r["n"]) for r in self._run("count_by_status")})
+        counts.update({r["status"]: int(r["n"]) for r in self.query("count_by_status")})
         return counts
-
-    def stats(self, window: float = 3600.0, worker_window: float = 120.0) -> dict[str, Any]:
-        """What `geoworker stats` shows: counts, throughput, durations, failures, workers."""
-        counts = self.count_by_status()
-        done = self._run("throughput", {"window": window})[0]
-        durations = [{**r, "n": int(r["n"]), "p50": _num(r["p50"]), "p95": _num(r["p95"]), "max": _num(r["max"])}
-                     for r in self._run("durations_by_task", {"window": window})]
-        failures = {r["error_code"]: int(r["n"]) for r in self._run("failure_reasons", {"window": window})}
-        workers = [{**r, "started_at": r["started_at"].isoformat(), "last_seen": r["last_seen"].isoformat(),
-                    "current_job": str(r["current_job"]) if r["current_job"] else None}
-                   for r in self._run("live_workers", {"window": worker_window})]
-        minutes = window / 60.0
-        return {
-            "counts": counts,
-            "window_seconds": window,
-            "finished": {k: int(v) for k, v in done.items()},
-            "jobs_per_minute": round(int(done["succeeded"]) / minutes, 3),
-            "durations": durations,
-            "failure_reasons": failures,
-            "queue": self.summary(),
-            "workers": workers,
-        }
-
-    def finished_per_minute(self, minutes: int = 60) -> list[dict[str, Any]]:
-        """[{minute, succeeded, failed}] for each of the last `minutes` minutes, oldest first, zeros included."""
-        return [{"minute": r["minute"], "succeeded": int(r["succeeded"]), "failed": int(r["failed"])}
-                for r in self._run("finished_per_minute", {"minutes": int(minutes)})]
-
-    def recent_failures(self, limit: int = 10) -> list[dict[str, Any]]:
-        """The jobs that failed for good most recently: id, task_type, error_code, last_error, ..."""
-        return [{**r, "id": str(r["id"])} for r in self._run("recent_failures", {"limit": int(limit)})]
-
-    def worker_board(self, window: float = 120.0) -> list[dict[str, Any]]:
-        """Processes seen within `window` s, each with the running job it holds (job_* keys, or None)."""
-        return [{**r, "job_id": str(r["job_id"]) if r["job_id"] else None}
-                for r in self._run("worker_board", {"window": window})]
 
     # --- processes ----------------------------------------------------------------------
 
     def register_worker(self, worker_id: str, kind: str, pid: int, parent_id: str | None = None,
                         host: str | None = None) -> None:
         """Announce a process; host defaults to this one (the API passes a remote worker's own)."""
-        self._run("register_worker", {"id": worker_id, "host": host or db.hostname(), "pid": pid, "kind": kind,
+        self.query("register_worker", {"id": worker_id, "host": host or db.hostname(), "pid": pid, "kind": kind,
                                       "parent_id": parent_id})
 
     def touch_workers(self, workers: Iterable[Mapping[str, Any]]) -> None:
         """Mark workers alive now: each {id, rss, current_job, jobs_done}."""
         batch = [dict(w) for w in workers]
         if batch:
-            self._run("touch_workers", {"workers": _json(batch)})
+            self.query("touch_workers", {"workers": _json(batch)})
 
     def stop_workers(self, ids: Sequence[str]) -> None:
         if ids:
-            self._run("stop_workers", {"ids": list(ids)})
+            self.query("stop_workers", {"ids": list(ids)})
 
     def forget_workers(self, older_than: float = 86400.0) -> None:
-        self._run("forget_workers", {"older_than": older_than})
+        self.query("forget_workers", {"older_than": older_than})
 
     # --- waking -------------------------------------------------------------------------
 
@@ -482,10 +446,6 @@ class JobQueue:
             if not readable:
                 return []
         return self.notifications()
-
-
-def _num(value: Any) -> float | None:
-    return None if value is None else round(float(value), 3)
 
 
 def _is_uuid(value: str) -> bool:

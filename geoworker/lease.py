@@ -8,7 +8,7 @@ it. So a child whose heartbeat sent at `t` succeeded holds its job at least unti
 `t + stale_after`, whatever became of the reply; past that, someone else may be running it.
 
 The child therefore trusts its job until `renewed + stale_after - margin` and then fences
-itself: it stops working on the job and stores nothing more for it (child.py). The margin
+itself: it stops working on the job and stores nothing more for it (keeper.py, child.py). The margin
 covers the fence's own reaction time and an output store already under way. Everything here
 is a pure function of the times given; tests/test_fencing.py drives it with plain numbers.
 """

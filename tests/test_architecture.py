@@ -122,9 +122,9 @@ def test_every_queue_implements_the_whole_interface(impl):
 
 
 def test_the_supervisor_stays_small():
-    """The review's aim for the supervisor: supervisor.py at most 500 lines, none of its classes over 300."""
+    """The review's aim for the supervisor: supervisor.py at most 500 lines, none of its classes (nor the child's) over 300."""
     long = []
-    for name in ("supervisor.py", "pool.py"):
+    for name in ("supervisor.py", "pool.py", "child.py", "keeper.py"):
         path = ROOT / "geoworker" / name
         text = path.read_text()
         for node in ast.walk(ast.parse(text)):

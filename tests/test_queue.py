@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from geoworker import reports
 from geoworker.errors import InvalidState, JobNotFound, LockLost
 from geoworker.jobs import JobQueue, RetryPolicy
 
@@ -298,7 +299,7 @@ def test_stats_count_what_happened(queue):
     queue.fail(queue.claim(), "invalid_input", "bad", permanent=True)
     queue.register_worker("w1", "supervisor", 42)
     queue.touch_workers([{"id": "w1", "rss": 50 * 2**20, "current_job": None, "jobs_done": 7}])
-    stats = queue.stats()
+    stats = reports.stats(queue)
     assert stats["counts"]["succeeded"] == 1 and stats["counts"]["failed"] == 1 and stats["counts"]["queued"] == 1
     assert stats["finished"]["succeeded"] == 1
     assert stats["failure_reasons"] == {"invalid_input": 1}

@@ -332,6 +332,10 @@ def test_pages_are_one_shell_with_a_strict_policy_and_the_files_it_names(api):
     assert "Leaflet 1.9" in requests.get(api.url("/ui/vendor/leaflet/leaflet.js"), timeout=10).text[:400]
     assert requests.get(api.url("/ui/static/../../config.py"), timeout=10).status_code == 404
     assert "/ui" not in requests.get(api.url("/openapi.json"), timeout=10).text.split('"paths"')[1]
+    for page in ("/ui", "/ui/jobs/00000000-0000-0000-0000-000000000000"):  # probes (load balancers) use HEAD
+        head = requests.head(api.url(page), timeout=10)
+        assert head.status_code == 200 and head.content == b"", page
+        assert "default-src 'self'" in head.headers["content-security-policy"]
 
 
 def test_a_basemap_is_named_in_the_page_and_allowed_by_the_policy(tmp_path):

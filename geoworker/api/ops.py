@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from fastapi import APIRouter, Depends, Request
 
+from geoworker import reports
 from geoworker.api.auth import Viewer, current_operator
 from geoworker.api.schemas import Overview, WorkerBoard
 from geoworker.api.user import api_state
@@ -40,9 +41,9 @@ def _now() -> str:
 def overview_doc(state) -> dict[str, Any]:
     """What the overview page shows, from one connection."""
     with state.pool.lease("operator") as queue:
-        stats = queue.stats(window=HOUR_MINUTES * 60.0, worker_window=worker_window(state.settings))
-        minutes = queue.finished_per_minute(HOUR_MINUTES)
-        failures = queue.recent_failures(RECENT_FAILURES)
+        stats = reports.stats(queue, window=HOUR_MINUTES * 60.0, worker_window=worker_window(state.settings))
+        minutes = reports.finished_per_minute(queue, HOUR_MINUTES)
+        failures = reports.recent_failures(queue, RECENT_FAILURES)
     q = stats["queue"]
     return {
         "generatedAt": _now(),
@@ -80,7 +81,7 @@ def worker_view(row: Mapping[str, Any]) -> dict[str, Any]:
 def workers_doc(state) -> dict[str, Any]:
     window = worker_window(state.settings)
     with state.pool.lease("operator") as queue:
-        board = queue.worker_board(window)
+        board = reports.worker_board(queue, window)
     return {"generatedAt": _now(), "windowSeconds": window, "workers": [worker_view(r) for r in board]}
 
 

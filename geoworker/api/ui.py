@@ -70,9 +70,9 @@ def _page(request: Request) -> HTMLResponse:
     return HTMLResponse(render_shell(request.app.state.api.settings), headers={"Cache-Control": "no-store"})
 
 
-for _path in PAGES:
-    router.add_api_route(_path, _page, methods=["GET"])
-router.add_api_route("/ui/jobs/{job_id}", _page, methods=["GET"])
+# HEAD too, as for the static files: link checkers and load balancers probe pages with it
+for _path in (*PAGES, "/ui/jobs/{job_id}"):
+    router.add_api_route(_path, _page, methods=["GET", "HEAD"])
 
 
 class UiHeaders:

@@ -15,7 +15,9 @@ import shutil
 import stat
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 from loguru import logger
 
@@ -54,6 +56,23 @@ def create_workdir(temp_dir: str | os.PathLike, job_id: str) -> Path:
     finally:
         os.umask(old_umask)
     return path
+
+
+@contextmanager
+def job_workdirs(temp_dir: str | os.PathLike, job_id: str) -> Iterator[Callable[[], Path]]:
+    """For one job run: a function that creates its work directory when the task asks for it
+    (create_workdir), and on exit the removal of every directory it made, whatever happened."""
+    made: list[Path] = []
+
+    def make() -> Path:
+        made.append(create_workdir(temp_dir, job_id))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for path in made:
+            remove_workdir(path)
 
 
 def remove_workdir(path: str | os.PathLike) -> bool:
