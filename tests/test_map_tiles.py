@@ -264,6 +264,40 @@ def test_beyond_85_degrees_is_clipped_and_wholly_outside_is_unsupported(tmp_path
         tiles(beyond, tmp_path / "none")
 
 
+def test_across_the_antimeridian_tiles_are_cut_on_both_sides_at_the_zooms_of_its_resolution(tmp_path):
+    # a UTM zone 60 scene (central meridian 177 E) from 178.7 E to 175.8 W, near 60 N, 1 km pixels;
+    # its twin lies 300 km further west, short of 180 degrees
+    data = rasters.gradient_rgb(200, 300)
+    crossing = rasters.write(tmp_path / "pacific.tif", data, crs=CRS.from_epsg(32660),
+                             transform=from_origin(600_000, 6_700_000, 1000, 1000))
+    twin = rasters.write(tmp_path / "twin.tif", data, crs=CRS.from_epsg(32660),
+                         transform=from_origin(300_000, 6_700_000, 1000, 1000))
+    result, out = tiles(crossing, tmp_path / "ours")
+    twin_result, _ = tiles(twin, tmp_path / "twin")
+    got, want = result["metadata"]["output"], twin_result["metadata"]["output"]
+    assert (got["minzoom"], got["maxzoom"]) == (want["minzoom"], want["maxzoom"])  # not zoom 0 for a world strip
+    assert got["maxzoom"] >= 5
+    ours = tile_files(out / "tiles")
+    last = 2 ** got["maxzoom"] - 1
+    xs = {x for z, x, _ in ours if z == got["maxzoom"]}
+    assert 0 in xs and last in xs  # both sides of 180 degrees ...
+    assert all(x <= 2 or x >= last - 2 for x in xs)  # ... and nothing in between
+    doc = json.loads((out / "pacific.tilejson.json").read_text())
+    assert doc["bounds"][0] == -180.0 and doc["bounds"][2] == 180.0  # what map libraries can use
+    assert abs(doc["center"][0]) > 175 and 58 < doc["center"][1] < 61  # the data's middle, not 0 degrees
+    worst = 0.0
+    with rasterio.open(crossing) as ds:
+        for key in [k for k in sorted(ours) if k[0] == got["maxzoom"]]:
+            exact = np.zeros((4, 256, 256), np.uint8)
+            reproject(rasterio.band(ds, [1, 2, 3]), exact, dst_transform=tile_transform(*key), dst_crs="EPSG:3857",
+                      resampling=Resampling.average, dst_alpha=4)
+            e, b = np.moveaxis(exact, 0, -1).astype(int), rgba(ours[key])
+            both = (e[..., 3] == 255) & (b[..., 3] == 255)
+            assert both.sum() > 0.8 * max((e[..., 3] == 255).sum(), 1), key  # the same pixels are covered
+            worst = max(worst, float(np.abs(e[both][:, :3] - b[both][:, :3]).mean()))
+    assert worst <= MAX_EXACT_MAE, worst
+
+
 def test_no_crs_is_unsupported(tmp_path):
     src = rasters.write(tmp_path / "plain.tif", rasters.gradient_rgb(40, 40), crs=None)
     with pytest.raises(Unsupported, match="no map coordinate system"):

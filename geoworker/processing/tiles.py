@@ -214,25 +214,34 @@ class Pyramid:
     minzoom: int
     maxzoom: int
     block_zoom: int  # the zoom of one block's top tile
-    bounds: tuple[float, float, float, float]  # (left, bottom, right, top) metres, clipped to the square
-    lonlat: tuple[float, float, float, float]  # (west, south, east, north) degrees, clipped
+    # (left, bottom, right, top) metres, clipped to the square: one box, or two for a raster
+    # across the antimeridian (its part east of -180 and its part west of 180 degrees)
+    boxes: tuple[tuple[float, float, float, float], ...]
+    lonlat: tuple[float, float, float, float]  # (west, south, east, north) degrees, clipped: the published bounds
+    center: tuple[float, float]  # (lon, lat) of the data's middle
 
-    def tile_range(self, zoom: int) -> tuple[int, int, int, int]:
-        return tile_range(self.bounds, zoom)
+    def tile_ranges(self, zoom: int) -> list[tuple[int, int, int, int]]:
+        """(x0, y0, x1, y1), inclusive, of each box at `zoom`."""
+        return [tile_range(box, zoom) for box in self.boxes]
+
+    def meets(self, zoom: int, x: int, y: int) -> bool:
+        """Whether tile (zoom, x, y) meets the data's box(es)."""
+        return any(x0 <= x <= x1 and y0 <= y <= y1 for x0, y0, x1, y1 in self.tile_ranges(zoom))
+
+    def tiles_at(self, zoom: int) -> list[tuple[int, int]]:
+        """Every tile of `zoom` that meets the data's box(es), once each, in quadtree order."""
+        found = {(x, y) for x0, y0, x1, y1 in self.tile_ranges(zoom)
+                 for y in range(y0, y1 + 1) for x in range(x0, x1 + 1)}
+        return quadtree_order(sorted(found))
 
     def tile_count(self) -> int:
-        """An upper bound of the number of tiles (every tile of the bounding box at every zoom)."""
-        total = 0
-        for z in range(self.minzoom, self.maxzoom + 1):
-            x0, y0, x1, y1 = self.tile_range(z)
-            total += (x1 - x0 + 1) * (y1 - y0 + 1)
-        return total
+        """An upper bound of the number of tiles (every tile of the bounding boxes at every zoom)."""
+        return sum((x1 - x0 + 1) * (y1 - y0 + 1)
+                   for z in range(self.minzoom, self.maxzoom + 1) for x0, y0, x1, y1 in self.tile_ranges(z))
 
     def children(self, zoom: int, x: int, y: int) -> list[tuple[int, int]]:
-        """The tiles of zoom + 1 under (zoom, x, y) that meet the data's box, in quadtree order."""
-        x0, y0, x1, y1 = self.tile_range(zoom + 1)
-        return [(2 * x + dx, 2 * y + dy) for dy in (0, 1) for dx in (0, 1)
-                if x0 <= 2 * x + dx <= x1 and y0 <= 2 * y + dy <= y1]
+        """The tiles of zoom + 1 under (zoom, x, y) that meet the data's box(es), in quadtree order."""
+        return [(2 * x + dx, 2 * y + dy) for dy in (0, 1) for dx in (0, 1) if self.meets(zoom + 1, 2 * x + dx, 2 * y + dy)]
 
     def blocks(self) -> list[tuple[int, int]]:
         """The block tiles (at block_zoom) in the order the quadtree assembly consumes them."""
@@ -245,14 +254,37 @@ class Pyramid:
             for cx, cy in self.children(z, x, y):
                 visit(z + 1, cx, cy)
 
-        x0, y0, x1, y1 = self.tile_range(self.minzoom)
-        for x, y in quadtree_order([(x, y) for y in range(y0, y1 + 1) for x in range(x0, x1 + 1)]):
+        for x, y in self.tiles_at(self.minzoom):
             visit(self.minzoom, x, y)
         return out
 
 
-def footprint(source: Source) -> tuple[tuple[float, float, float, float], tuple[float, float, float, float]]:
+@dataclass(frozen=True)
+class Footprint:
+    """Where a source lies on the Web-Mercator square, clipped to it."""
+
+    boxes: tuple[tuple[float, float, float, float], ...]  # metres: one, or two across the antimeridian
+    lonlat: tuple[float, float, float, float]  # (west, south, east, north) degrees; west > east across 180
+    center: tuple[float, float]  # (lon, lat) degrees of the source's middle
+
+    @property
+    def across_antimeridian(self) -> bool:
+        return len(self.boxes) == 2
+
+    @property
+    def published(self) -> tuple[float, float, float, float]:
+        """The bounds for TileJSON and the PMTiles header: across 180 degrees the whole width, since
+        map libraries (Leaflet, MapLibre) request no tile at all for a box whose west exceeds its east."""
+        west, south, east, north = self.lonlat
+        return (-180.0, south, 180.0, north) if west > east else self.lonlat
+
+
+def footprint(source: Source) -> Footprint:
     """The source's box in Web-Mercator metres and in degrees, clipped to the Web-Mercator square.
+
+    A source across the antimeridian (a UTM zone 60 or 1 scene, a Pacific mosaic) has two
+    boxes, one each side of 180 degrees, so that its tiles are cut on both sides and nowhere
+    in between.
 
     Raises:
         Unsupported: no map CRS, or the raster lies wholly beyond +-85.05 degrees of latitude.
@@ -263,45 +295,47 @@ def footprint(source: Source) -> tuple[tuple[float, float, float, float], tuple[
     left, bottom, right, top = georef.grid_bounds(geo.transform, ds.width, ds.height)
     try:
         west, south, east, north = transform_bounds(geo.crs, "EPSG:4326", left, bottom, right, top, densify_pts=21)
+        (clon,), (clat,) = transform_points(geo.crs, "EPSG:4326", [(left + right) / 2], [(bottom + top) / 2])
     except georef.PROJ_ERRORS as exc:
         raise Unsupported(f"the file's extent cannot be projected to longitude/latitude: {str(exc)[:200]}") from None
     if not all(math.isfinite(v) for v in (west, south, east, north)):
         raise Unsupported("the file's extent cannot be projected to longitude/latitude")
-    if west > east:  # across the antimeridian: the whole width, the warp finds the pixels
-        west, east = -180.0, 180.0
     south, north = max(south, -MAX_LAT), min(north, MAX_LAT)
-    west, east = max(west, -180.0), min(east, 180.0)
     if south >= north:
         raise Unsupported(f"the file lies wholly beyond {MAX_LAT:.2f} degrees of latitude, outside the "
                           "Web-Mercator square: no map tile can show it")
-    x0, y0 = lonlat_to_metres(west, south)
-    x1, y1 = lonlat_to_metres(east, north)
-    return (x0, y0, x1, y1), (west, south, east, north)
+    west, east = max(west, -180.0), min(east, 180.0)
+    spans = [(west, 180.0), (-180.0, east)] if west > east else [(west, east)]
+    boxes = tuple((*lonlat_to_metres(w, south), *lonlat_to_metres(e, north)) for w, e in spans)
+    if not (math.isfinite(clon) and math.isfinite(clat)):
+        clon, clat = (west + east) / 2, (south + north) / 2
+    return Footprint(boxes, (west, south, east, north), (clon, min(max(clat, south), north)))
 
 
-def warped_pixel_size(source: Source, bounds: tuple[float, float, float, float]) -> tuple[float, int, int]:
+def warped_pixel_size(source: Source, place: Footprint) -> tuple[float, int, int]:
     """GDAL's suggested Web-Mercator pixel size and size for the source (what gdal2tiles' VRT gets).
 
-    Falls back to the local pixel size at the middle of the clipped box when GDAL cannot
-    suggest one (a raster reaching a pole).
+    Falls back to the local pixel size at the source's middle when GDAL cannot suggest one
+    (a raster reaching a pole) or suggests a strip around the world (across the antimeridian).
     """
     from rasterio.warp import calculate_default_transform
 
     geo, ds = source.geo, source.ds
     left, bottom, right, top = georef.grid_bounds(geo.transform, ds.width, ds.height)
     try:
-        if geo.rotated:
-            raise ValueError("rotated")
+        if geo.rotated or place.across_antimeridian:
+            raise ValueError("GDAL's suggestion does not apply")
         t, w, h = calculate_default_transform(geo.crs, WEB_MERCATOR, ds.width, ds.height, left=left, bottom=bottom,
                                               right=right, top=top)
         if math.isfinite(t.a) and t.a > 0 and HALF * 2 > t.a * max(w, h) * 0.5:
             return abs(t.a), w, h
     except (ValueError, *georef.PROJ_ERRORS):
         pass
-    cx, cy = (bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2
-    scale = _source_pixels_per_metre(source, cx, cy)
-    size = 1.0 / scale
-    return size, max(1, round((bounds[2] - bounds[0]) / size)), max(1, round((bounds[3] - bounds[1]) / size))
+    cx, cy = lonlat_to_metres(*place.center)
+    size = 1.0 / _source_pixels_per_metre(source, cx, cy)
+    width = sum(box[2] - box[0] for box in place.boxes)
+    height = place.boxes[0][3] - place.boxes[0][1]
+    return size, max(1, round(width / size)), max(1, round(height / size))
 
 
 def _source_pixels_per_metre(source: Source, x: float, y: float) -> float:
@@ -323,13 +357,13 @@ def plan_pyramid(source: Source, zoom: tuple[int, int] | None) -> Pyramid:
         Unsupported: nothing of the file is inside the Web-Mercator square.
         TooLarge: the zooms would make more than MAX_TILES tiles.
     """
-    bounds, lonlat = footprint(source)
+    place = footprint(source)
     if zoom is None:
-        size, w, h = warped_pixel_size(source, bounds)
+        size, w, h = warped_pixel_size(source, place)
         zoom = default_zooms(size, w, h)
     lo, hi = zoom
     block_zoom = max(lo, hi - int(math.log2(BLOCK_TILES)))
-    pyramid = Pyramid(lo, hi, block_zoom, bounds, lonlat)
+    pyramid = Pyramid(lo, hi, block_zoom, place.boxes, place.published, place.center)
     count = pyramid.tile_count()
     if count > MAX_TILES:
         raise TooLarge(f"zoom {lo}-{hi} would make up to {count} tiles for this file (at most {MAX_TILES}): "
@@ -427,12 +461,11 @@ class _BlockResult:
 def _cut_image(image: np.ndarray, zoom: int, x0: int, y0: int, ctx: _Context,
          out: list[tuple[int, int, int, bytes]]) -> None:
     """Encode the non-empty tiles of a square image whose upper-left tile is (zoom, x0, y0)."""
-    x_lo, y_lo, x_hi, y_hi = ctx.pyramid.tile_range(zoom)
     n = image.shape[0] // TILE
     for j in range(n):
         for i in range(n):
             x, y = x0 + i, y0 + j
-            if not (x_lo <= x <= x_hi and y_lo <= y <= y_hi):
+            if not ctx.pyramid.meets(zoom, x, y):
                 continue
             tile = image[j * TILE:(j + 1) * TILE, i * TILE:(i + 1) * TILE]
             if tile[..., -1].any():
@@ -506,12 +539,12 @@ def _archive_header(pyramid: Pyramid, fmt: str) -> dict:
     from pmtiles.tile import Compression, TileType
 
     west, south, east, north = pyramid.lonlat
+    lon, lat = pyramid.center
     return {
         "tile_compression": Compression.NONE, "tile_type": TileType(TILE_TYPES[fmt]),
         "min_lon_e7": int(west * 1e7), "min_lat_e7": int(south * 1e7),
         "max_lon_e7": int(east * 1e7), "max_lat_e7": int(north * 1e7),
-        "center_zoom": pyramid.minzoom,
-        "center_lon_e7": int((west + east) / 2 * 1e7), "center_lat_e7": int((south + north) / 2 * 1e7),
+        "center_zoom": pyramid.minzoom, "center_lon_e7": int(lon * 1e7), "center_lat_e7": int(lat * 1e7),
     }
 
 
@@ -532,7 +565,7 @@ def tilejson(name: str, pyramid: Pyramid, options: TileOptions, tiles_url: str |
         "tilejson": "3.0.0", "name": name, "scheme": "xyz",
         "tiles": [tiles_url or f"tiles/{{z}}/{{x}}/{{y}}.{options.extension}"],
         "minzoom": pyramid.minzoom, "maxzoom": pyramid.maxzoom, "bounds": [west, south, east, north],
-        "center": [round((west + east) / 2, 7), round((south + north) / 2, 7), pyramid.minzoom],
+        "center": [round(pyramid.center[0], 7), round(pyramid.center[1], 7), pyramid.minzoom],
         "format": options.tile_format, "attribution": "", "description": "raster tiles made by geoworker",
     }
 
@@ -668,8 +701,7 @@ def _cut(ctx: _Context, spool: _Spool) -> None:
             spool.add(z, x, y, encode_tile(tile, ctx.options.tile_format, ctx.options.base.compression_quality))
             return tile
 
-        x0, y0, x1, y1 = p.tile_range(p.minzoom)
-        for x, y in quadtree_order([(x, y) for y in range(y0, y1 + 1) for x in range(x0, x1 + 1)]):
+        for x, y in p.tiles_at(p.minzoom):
             build(p.minzoom, x, y)
 
 
