@@ -180,6 +180,31 @@ def test_a_raster_attribute_table_makes_classes_and_names_the_legend(tmp_path):
     assert mode == "L" and meta["render_mode"] == "grey"
 
 
+COLOUR_RAT = """<PAMDataset><PAMRasterBand band="1"><GDALRasterAttributeTable tableType="thematic">
+  <FieldDefn index="0"><Name>Value</Name><Type>0</Type><Usage>5</Usage></FieldDefn>
+  <FieldDefn index="1"><Name>Red</Name><Type>{type}</Type><Usage>6</Usage></FieldDefn>
+  <FieldDefn index="2"><Name>Green</Name><Type>{type}</Type><Usage>7</Usage></FieldDefn>
+  <FieldDefn index="3"><Name>Blue</Name><Type>{type}</Type><Usage>8</Usage></FieldDefn>
+  {rows}
+</GDALRasterAttributeTable></PAMRasterBand></PAMDataset>"""
+
+
+@pytest.mark.parametrize("scale", [255, 1.0], ids=["0-255", "ERDAS fractions"])
+def test_the_attribute_tables_colours_colour_the_classes_and_the_legend(tmp_path, scale):
+    table = {11: (70, 107, 159), 21: (222, 197, 197), 41: (104, 171, 95), 82: (170, 112, 40)}  # NLCD's
+    src = rasters.classes(tmp_path / "nlcd.tif", tuple(table), size=80)
+    rows = "".join(f'<Row index="{i}"><F>{v}</F>' + "".join(f"<F>{c / 255 * scale:g}</F>" for c in rgb) + "</Row>"
+                   for i, (v, rgb) in enumerate(table.items()))
+    (tmp_path / "nlcd.tif.aux.xml").write_text(COLOUR_RAT.format(type=0 if scale == 255 else 1, rows=rows))
+    mode, pixels, meta = run(src, tmp_path)
+    assert meta["render_mode"] == "categorical"
+    assert colours(pixels[..., :3]) == set(table.values())  # the table's colours, not the class palette
+    assert {e["value"]: e["color"] for e in meta["legend"]} == {
+        v: "#%02x%02x%02x" % rgb for v, rgb in table.items()}
+    with rasterio.open(src) as ds:
+        assert read.class_table(ds, 1).colours == table
+
+
 def test_category_names_name_the_classes(tmp_path):
     src = rasters.classes(tmp_path / "zones.tif", (0, 1, 2), size=60)
     (tmp_path / "zones.tif.aux.xml").write_text(

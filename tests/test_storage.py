@@ -223,8 +223,12 @@ def test_local_discard_input_removes_only_a_file_under_the_root(local, settings,
     outside = tmp_path / "keep.tif"
     outside.write_bytes(b"II*\x00")
     local.discard_input({"backend": "local", "path": str(outside)})
-    local.discard_input(ref)
+    sidecar = tmp_path / "site.tfw"
+    sidecar.write_text("1\n0\n0\n-1\n0\n0\n")
+    ref = local.import_sidecars(JOB_ID, ref, "site.tif", [sidecar])
+    local.discard_input({**ref, "sidecars": [*ref["sidecars"], {"path": str(outside)}]})
     assert outside.exists() and not Path(ref["path"]).exists()
+    assert sidecar.exists() and not Path(ref["sidecars"][0]["path"]).exists()  # the stored copy went with it
 
 
 def test_receive_input_without_a_streaming_store_goes_through_a_private_copy(settings, tmp_path):

@@ -193,3 +193,22 @@ def test_sidecars_are_stored_beside_the_input_in_s3_and_fetched_with_it(backend,
     assert got.path.name == "Site_Plan.tif"
     assert sorted(p.name for p in got.sidecars) == ["Site_Plan.tfw", "Site_Plan.tif.aux.xml"]
     assert (tmp_path / "work" / "Site_Plan.tfw").read_text().startswith("2\n")
+
+
+def test_discarding_an_input_deletes_it_and_its_sidecars_and_nothing_else(backend, s3, bucket, tmp_path):
+    """The upload of a job cancelled meanwhile: what import_file stored goes; a reference is data,
+    so an object outside this backend's input keys stays."""
+    src = write_geotiff(tmp_path / "up" / "site.tif")
+    (src.parent / "site.tfw").write_text("2\n0\n0\n-2\n400000\n1700000\n")
+    ref = backend.import_sidecars(JOB_ID, backend.import_file(JOB_ID, src), src.name, [src.parent / "site.tfw"])
+    client = s3.client()
+    client.put_object(Bucket=bucket, Key="tenant-a/keep.tif", Body=b"II*\x00")
+    client.put_object(Bucket=bucket, Key=f"tenant-a/jobs/{JOB_ID}/output/site.png", Body=b"png")
+
+    def keys() -> set[str]:
+        return {o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+    assert f"tenant-a/jobs/{JOB_ID}/input/site.tif" in keys()
+    backend.discard_input({**ref, "sidecars": [*ref["sidecars"], {"url": f"s3://{bucket}/tenant-a/keep.tif"},
+                                                {"url": f"s3://{bucket}/tenant-a/jobs/{JOB_ID}/output/site.png"}]})
+    assert keys() == {"tenant-a/keep.tif", f"tenant-a/jobs/{JOB_ID}/output/site.png"}

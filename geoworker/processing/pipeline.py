@@ -156,7 +156,7 @@ def choose_style(plan: read.BandPlan, stats, dtype, options: Options, ds: raster
         run.warn("colormap applies to single-band rendering only; it was ignored for this RGB image")
     colortable = ds.colormap(plan.indexes[0]) if plan.kind == "palette" else None
     return style.choose_style(plan.kind, stats, dtype, options.stretch, options.colormap, colortable, plan.classes,
-                              plan.class_names)
+                              plan.class_names, plan.class_colours)
 
 
 def render_bands(data: np.ndarray, valid: np.ndarray | None, plan: read.BandPlan, stats, options: Options,

@@ -88,6 +88,7 @@ class BandPlan:
     warnings: tuple[str, ...] = field(default=())
     classes: tuple[int, ...] = ()  # "categorical": the class values the file was recognised by
     class_names: tuple[tuple[int, str], ...] = ()  # (value, name) from the band's attribute table
+    class_colours: tuple[tuple[int, tuple[int, int, int]], ...] = ()  # (value, (r, g, b)) from the same table
 
 
 def output_shape(width: int, height: int, max_size: int) -> tuple[int, int]:
@@ -140,14 +141,15 @@ def plan_bands(ds: rasterio.DatasetReader, bands: tuple[int, ...] | None, detect
     palette = (len(indexes) == 1 and interp[indexes[0] - 1] == ColorInterp.palette and _has_colormap(ds, indexes[0]))
     kind = "palette" if palette else ("rgb" if len(indexes) == 3 else "grey")
     classes: tuple[int, ...] = ()
-    names: dict[int, str] = {}
+    table = ClassTable({}, {})
     if kind == "grey" and detect_classes:
-        names = class_names(ds, indexes[0])
-        classes = band_classes(ds, indexes[0], names)
+        table = class_table(ds, indexes[0])
+        classes = band_classes(ds, indexes[0], {**{v: "" for v in table.colours}, **table.names})
         if classes:
             kind = "categorical"
     return BandPlan(kind, indexes, alpha, _mask_kind(ds, indexes, alpha), tuple(warnings), classes,
-                    tuple(sorted(names.items())) if classes else ())
+                    tuple(sorted(table.names.items())) if classes else (),
+                    tuple(sorted(table.colours.items())) if classes else ())
 
 
 def _rgb_bands(interp: list[ColorInterp], data: list[int]) -> tuple[int, ...]:
@@ -190,67 +192,96 @@ def band_classes(ds: rasterio.DatasetReader, index: int, names: dict[int, str] |
     return tuple(int(v) for v in values) if looks_categorical(values) else ()
 
 
+@dataclass(frozen=True)
+class ClassTable:
+    """A band's class names and colours, as its attribute table or category names give them."""
+
+    names: dict[int, str]  # value -> name
+    colours: dict[int, tuple[int, int, int]]  # value -> (r, g, b), from a RAT's Red/Green/Blue columns
+
+
 def class_names(ds: rasterio.DatasetReader, index: int) -> dict[int, str]:
-    """A band's class names: its raster attribute table (RAT) or category names, as GDAL keeps them.
+    """A band's class names ({value: name}; {} when it has none): see class_table."""
+    return class_table(ds, index).names
+
+
+def class_table(ds: rasterio.DatasetReader, index: int) -> ClassTable:
+    """A band's raster attribute table (RAT) or category names, as GDAL keeps them.
 
     rasterio reads neither; GDAL keeps both for a GeoTIFF in the PAM sidecar (.aux.xml)
     it lists among the dataset's files, which is read here. The value of a RAT row is its
-    MinMax (or "Value") column, else Row0Min + row x BinSize; its name the Name column.
+    MinMax (or "Value") column, else Row0Min + row x BinSize; its name the Name column; its
+    colour the Red, Green and Blue columns (0-255, or 0-1 as ERDAS writes them).
 
     Args:
         ds: an open dataset.
         index: the 1-based band.
     Returns:
-        {value: name}; {} when the band has neither.
+        the names and colours by class value; both empty when the band has neither.
     """
+    none = ClassTable({}, {})
     aux = next((Path(f) for f in ds.files if str(f).lower().endswith(".aux.xml")), None)
     if aux is None:
-        return {}
+        return none
     try:
         root = ElementTree.parse(aux).getroot()
     except (ElementTree.ParseError, OSError):
-        return {}
+        return none
     band = next((b for b in root.iter("PAMRasterBand") if b.get("band") == str(index)), None)
     if band is None:
-        return {}
+        return none
     table = band.find("GDALRasterAttributeTable")
     if table is not None:
-        return _rat_names(table)
+        return _rat(table)
     categories = [c.text or "" for c in band.findall("CategoryNames/Category")]
-    return {value: name for value, name in enumerate(categories) if name.strip()}
+    return ClassTable({value: name for value, name in enumerate(categories) if name.strip()}, {})
 
 
-def _rat_names(table: ElementTree.Element) -> dict[int, str]:
+# GDAL's field usages (GDALRATFieldUsage)
+USAGE_NAME, USAGE_MINMAX, USAGE_RED, USAGE_GREEN, USAGE_BLUE = 2, 5, 6, 7, 8
+
+
+def _rat(table: ElementTree.Element) -> ClassTable:
     fields = {}
     for f in table.findall("FieldDefn"):
         try:
             fields[int(f.get("index", -1))] = ((f.findtext("Name") or "").strip().lower(), int(f.findtext("Usage") or 0))
         except ValueError:
             continue
-    # GDAL's field usages: 2 = name, 5 = min-max (the class value)
-    value_col = next((i for i, (n, u) in fields.items() if u == 5), None)
-    if value_col is None:
-        value_col = next((i for i, (n, u) in fields.items() if n in ("value", "class_value", "code")), None)
-    name_col = next((i for i, (n, u) in fields.items() if u == 2), None)
-    if name_col is None:
-        name_col = next((i for i, (n, u) in fields.items() if n in ("class", "class_name", "name", "label")), None)
-    if name_col is None:
-        return {}
+
+    def column(usage: int, *names: str) -> int | None:
+        found = next((i for i, (n, u) in fields.items() if u == usage), None)
+        return found if found is not None else next((i for i, (n, u) in fields.items() if n in names), None)
+
+    value_col = column(USAGE_MINMAX, "value", "class_value", "code")
+    name_col = column(USAGE_NAME, "class", "class_name", "name", "label")
+    rgb_cols = [column(USAGE_RED, "red"), column(USAGE_GREEN, "green"), column(USAGE_BLUE, "blue")]
+    if name_col is None and None in rgb_cols:
+        return ClassTable({}, {})
     try:
         row0, bin_size = float(table.get("Row0Min", 0)), float(table.get("BinSize", 1))
     except ValueError:
         row0, bin_size = 0.0, 1.0
-    names = {}
+    names, raw = {}, {}
     for row in table.findall("Row"):
         cells = [c.text or "" for c in row.findall("F")]
         try:
             value = float(cells[value_col]) if value_col is not None else row0 + int(row.get("index", 0)) * bin_size
-            name = cells[name_col].strip()
         except (IndexError, ValueError):
             continue
-        if name and value.is_integer():
+        if not value.is_integer():
+            continue
+        if name_col is not None and name_col < len(cells) and (name := cells[name_col].strip()):
             names[int(value)] = name[:100]
-    return names
+        if None not in rgb_cols:
+            try:
+                raw[int(value)] = tuple(float(cells[c]) for c in rgb_cols)
+            except (IndexError, ValueError):
+                pass
+    # colours as fractions (ERDAS Imagine) or as 0-255
+    scale = 255.0 if raw and max(max(c) for c in raw.values()) <= 1.0 else 1.0
+    colours = {v: tuple(int(min(255.0, max(0.0, round(c * scale)))) for c in rgb) for v, rgb in raw.items()}
+    return ClassTable(names, colours)
 
 
 def probe_values(ds: rasterio.DatasetReader, index: int, limit: int) -> np.ndarray | None:

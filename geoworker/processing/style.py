@@ -8,7 +8,7 @@ same pixel. Pure functions: nothing here opens a file.
     plan = read.plan_bands(ds, options.bands, detect_classes=...)   # which bands, what kind
     stats = [render.band_statistics(band, valid, percentiles) for band in data]
     style = choose_style(plan.kind, stats, data.dtype, options.stretch, options.colormap,
-                         colortable, plan.classes, plan.class_names)
+                         colortable, plan.classes, plan.class_names, plan.class_colours)
     rgb, valid = apply_style(style, tile, tile_valid)                 # any array of the file
 """
 
@@ -93,12 +93,14 @@ def class_colour(value: int, classes: Sequence[int]) -> tuple[int, int, int]:
     return CLASS_COLOURS[rank % len(CLASS_COLOURS)]
 
 
-def class_lut(classes: Sequence[int], size: int = 256) -> np.ndarray:
+def class_lut(classes: Sequence[int], size: int = 256,
+              colours: Mapping[int, tuple[int, int, int]] | None = None) -> np.ndarray:
     """An opaque RGBA lookup table giving every possible value its class colour.
 
     Args:
         classes: the file's class values, sorted.
         size: 256 for uint8, 65536 for uint16.
+        colours: value -> (r, g, b) the file's attribute table gives: these win.
     Returns:
         uint8 array of shape (size, 4).
     """
@@ -111,12 +113,16 @@ def class_lut(classes: Sequence[int], size: int = 256) -> np.ndarray:
     lut = np.empty((size, 4), np.uint8)
     lut[:, :3] = np.asarray(CLASS_COLOURS, np.uint8)[rank % len(CLASS_COLOURS)]
     lut[:, 3] = 255
+    for value, rgb in (colours or {}).items():
+        if 0 <= value < size:
+            lut[value, :3] = rgb
     return lut
 
 
 def choose_style(kind: str, stats: Sequence[render.BandStats], dtype: np.dtype | str, stretch: str,
                  colormap: str | None = None, colortable: Mapping[int, tuple[int, ...]] | None = None,
-                 classes: Sequence[int] = (), names: Sequence[tuple[int, str]] = ()) -> Style:
+                 classes: Sequence[int] = (), names: Sequence[tuple[int, str]] = (),
+                 colours: Sequence[tuple[int, tuple[int, int, int]]] = ()) -> Style:
     """Decide how a file's bands become colours, once, from the whole file's statistics.
 
     Args:
@@ -128,6 +134,8 @@ def choose_style(kind: str, stats: Sequence[render.BandStats], dtype: np.dtype |
         colortable: the band's GDAL colour table, for "palette".
         classes: the class values, for "categorical".
         names: (value, name) pairs of named classes, for the legend.
+        colours: (value, (r, g, b)) pairs the file's attribute table gives, for "categorical":
+            they win over the class palette.
     Returns:
         the Style to apply to any array of this file.
     """
@@ -135,7 +143,7 @@ def choose_style(kind: str, stats: Sequence[render.BandStats], dtype: np.dtype |
     if kind == "palette":
         return Style(kind, lut=render.palette_lut(dict(colortable or {}), size))
     if kind == "categorical":
-        return Style(kind, lut=class_lut(classes, size), classes=tuple(int(c) for c in classes),
+        return Style(kind, lut=class_lut(classes, size, dict(colours)), classes=tuple(int(c) for c in classes),
                      names=tuple((int(v), str(n)) for v, n in names))
     ranges = tuple(render.stretch_range(s, np.dtype(dtype), stretch) for s in stats)
     ramp = colormap if kind == "grey" and colormap and colormap != "gray" else None

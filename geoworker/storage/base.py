@@ -256,7 +256,8 @@ class Backend(abc.ABC):
         raise UnsupportedOperation(f"storage.backend = {self.name!r} cannot take sidecar files")
 
     def discard_input(self, ref: Mapping[str, Any]) -> None:
-        """Remove an input stored by receive_input whose job went away meanwhile; default: leave it."""
+        """Remove an input (and its sidecars) stored by receive_input or import_file whose job went away
+        meanwhile (cancelled during its upload); default: leave it."""
 
 
 def local_input_path(root: str | os.PathLike, raw: Any) -> Path:

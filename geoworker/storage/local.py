@@ -76,9 +76,10 @@ class LocalBackend(Backend):
         return ref
 
     def discard_input(self, ref: Mapping[str, Any]) -> None:
-        # only a file under the root: the reference came from receive_input, but it is data
-        with contextlib.suppress(OSError, InvalidInput):
-            os.unlink(local_input_path(self.root, ref.get("path")))
+        # only files under the root: the reference came from receive_input, but it is data
+        for path in [ref.get("path"), *(s.get("path") for s in ref.get("sidecars") or [] if isinstance(s, Mapping))]:
+            with contextlib.suppress(OSError, InvalidInput):
+                os.unlink(local_input_path(self.root, path))
 
     def import_file(self, job_id: str, path: str | os.PathLike) -> dict[str, Any]:
         path = Path(path)
