@@ -212,6 +212,17 @@ def test_web_mercator_needs_a_crs(tmp_path):
         cog(src, tmp_path / "out", tiling_scheme="GoogleMapsCompatible")
 
 
+def test_a_web_mercator_cog_across_the_antimeridian_is_refused_and_native_works(tmp_path):
+    """GDAL's COG driver makes a world-wide zoom-1 image of a 1 km UTM-60 scene across 180 degrees
+    (78 km pixels): refused, saying why and what to use; the native COG keeps every pixel."""
+    src = rasters.across_antimeridian(tmp_path / "pacific.tif")
+    with pytest.raises(Unsupported, match=r"crosses the antimeridian \(178\.72 to -175\.77.*tiling_scheme=native"):
+        cog(src, tmp_path / "out", tiling_scheme="GoogleMapsCompatible")
+    _, path = cog(src, tmp_path / "native")
+    with rasterio.open(path) as out, rasterio.open(src) as ds:
+        assert (out.width, out.height, out.crs) == (ds.width, ds.height, ds.crs)
+
+
 def test_plan_defaults(tmp_path):
     rgb = rasters.write(tmp_path / "rgb.tif", rasters.gradient_rgb(20, 20))
     grey = rasters.write(tmp_path / "grey.tif", rasters.gradient_rgb(20, 20)[:1])

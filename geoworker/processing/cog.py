@@ -366,6 +366,13 @@ def _check_scheme(source: Source, options: CogOptions) -> tuple[int, int] | None
     if geo.crs is None or geo.kind == "local":
         raise Unsupported(f"tiling_scheme={options.tiling_scheme} needs a georeferenced input and this file "
                           "has no map CRS; use tiling_scheme=native")
+    bounds, _ = georef.footprint_wgs84(geo.crs, geo.transform, (source.ds.width, source.ds.height))
+    if bounds is not None and bounds[2] > 180.0:  # continuous longitudes: across the antimeridian
+        # GDAL (and gdal_translate) would write the whole world at a fraction of the resolution
+        raise Unsupported(
+            f"the file crosses the antimeridian ({bounds[0]:.2f} to {bounds[2] - 360.0:.2f} degrees of longitude): "
+            f"a {options.tiling_scheme} COG of it would span the whole world at a fraction of its resolution; "
+            "use tiling_scheme=native (the default), or geotiff_to_tiles, which tiles both sides of 180 degrees")
     try:
         return web_mercator_size(source.ds, geo)
     except (ValueError, georef.PROJ_ERRORS) as exc:
