@@ -113,6 +113,28 @@ def test_across_the_antimeridian_uses_continuous_longitudes(tmp_path):
     assert all(west <= corner[0] <= east for corner in meta["corners_wgs84"].values())
 
 
+def test_across_the_antimeridian_in_web_mercator_x_continues_past_the_worlds_edge(tmp_path):
+    """coordinate_system=EPSG:3857: gdalwarp makes a 366 x 4 strip of 109 km pixels round the world;
+    we make gdalwarp's grid on a Mercator centred on 180 degrees, shifted back by half the world."""
+    src = rasters.across_antimeridian(tmp_path / "utm60.tif")
+    proc, strip = gdalwarp(src, tmp_path, t_srs="EPSG:3857")
+    assert proc.returncode == 0 and gdal_grid(strip)[0][2] - gdal_grid(strip)[0][0] > 39e6  # the strip
+    out = tmp_path / "out"
+    process_file(src, out, Options(coordinate_system="EPSG:3857"))
+    (tmp_path / "far").mkdir()
+    far = "+proj=merc +a=6378137 +b=6378137 +lat_ts=0 +lon_0=180 +x_0=0 +y_0=0 +k=1 +units=m +nadgrids=@null +no_defs"
+    proc, reference = gdalwarp(src, tmp_path / "far", t_srs=far)
+    assert proc.returncode == 0, proc.stderr
+    (west, south, east, north), cover = gdal_grid(reference)
+    half = 20037508.342789244
+    bounds, pixel, our_cover = our_grid(out, "utm60")
+    assert_within_a_pixel(bounds, (west + half, south, east + half, north), pixel, "world file")
+    assert bounds[0] < half < bounds[2] and pixel[0] < 3000  # across the edge, at about the source's resolution
+    assert abs(our_cover - cover) < 0.05
+    meta = json.loads((out / "utm60.json").read_text())
+    assert meta["output"]["crs_epsg"] == 3857 and 178 < meta["bounds_wgs84"][0] < 180 < meta["bounds_wgs84"][2]
+
+
 def test_rotated_grid(tmp_path):
     src = rasters.write(tmp_path / "rotated.tif", rasters.texture(300, 400),
                         transform=Affine(20.0, 4.0, 414000.0, 3.0, -20.0, 1698000.0))

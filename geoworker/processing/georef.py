@@ -329,7 +329,36 @@ def suggested_grid(src_transform: Affine | None, src_size: tuple[int, int], src_
             return grid
         if _span_x(centred) < _span_x(grid) / 2:
             return centred
+    elif dst_crs.is_projected and "+proj=merc" in (dst_crs.to_proj4() or "") and _span_x(grid) > _merc_x(dst_crs, 90.0):
+        # the same for Mercator (EPSG:3857 and its kin): suggest the grid on a Mercator centred
+        # on the far meridian, then shift it back by the half world between them: x continues
+        # past the world's edge (up to 20.5e6 m rather than a strip from -20e6 to 20e6)
+        proj4 = " ".join(p for p in dst_crs.to_proj4().split() if not p.startswith("+lon_0="))
+        lon_0 = _proj4_lon_0(dst_crs)
+        try:
+            far = CRS.from_proj4(f"{proj4} +lon_0={lon_0 + 180.0:g}")
+            centred = suggest(far)
+            shift = _merc_x(dst_crs, 90.0) - _merc_x(far, 90.0, lon_0)
+        except PROJ_ERRORS:
+            return grid
+        if _span_x(centred) < _span_x(grid) / 2:
+            t, w, h = centred
+            return Affine(t.a, t.b, t.c + shift, t.d, t.e, t.f), w, h
     return grid
+
+
+def _proj4_lon_0(crs: CRS) -> float:
+    for part in (crs.to_proj4() or "").split():
+        if part.startswith("+lon_0="):
+            return float(part.split("=", 1)[1])
+    return 0.0
+
+
+def _merc_x(crs: CRS, east_of_centre: float, lon_0: float | None = None) -> float:
+    """x of the point `east_of_centre` degrees east of a Mercator's central meridian (of `lon_0`'s if given)."""
+    lon = (_proj4_lon_0(crs) if lon_0 is None else lon_0) + east_of_centre
+    xs, _ = transform_points(WGS84, crs, [lon], [0.0])
+    return float(xs[0])
 
 
 def fit_grid(transform: Affine, width: int, height: int, max_size: int) -> tuple[Affine, int, int]:
