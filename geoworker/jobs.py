@@ -12,8 +12,6 @@ import datetime as dt
 import enum
 import json
 import random
-import select
-import threading
 import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Mapping, Sequence
@@ -23,6 +21,7 @@ import psycopg2.extras
 from geoworker import db
 from geoworker.backoff import equal_jitter, exponential
 from geoworker.errors import InvalidState, JobNotFound, LockLost
+from geoworker.session import Session
 
 psycopg2.extras.register_default_jsonb(loads=json.loads, globally=True)
 
@@ -119,16 +118,9 @@ class JobQueue:
         self.own_schema = own_schema  # the embedded server: check() keeps its schema current
         self.worker_id = worker_id
         self.retry = retry or RetryPolicy()
-        self.application_name = application_name
-        self.connect_timeout = connect_timeout
-        self.sslmode = sslmode
-        self.statement_timeout = statement_timeout
-        self._conn = None
-        self._channels: list[str] = []
-        # a child's heartbeat thread shares this connection with its main thread
-        self._lock = threading.RLock()
-        # prepare=False for PgBouncer in transaction mode (before 1.21)
-        self._queries = db.NamedQueries(prepare, lock=self._lock)
+        # the connection: opened lazily, reopened after loss (session.py)
+        self.session = Session(dsn, application_name=application_name, connect_timeout=connect_timeout,
+                               sslmode=sslmode, statement_timeout=statement_timeout, prepare=prepare)
 
     @classmethod
     def from_settings(cls, settings, worker_id: str = "cli", application_name: str = "geoworker",
@@ -152,19 +144,11 @@ class JobQueue:
 
     @property
     def conn(self):
-        with self._lock:
-            if self._conn is None or self._conn.closed:
-                conn = db.connect(self.dsn, application_name=self.application_name,
-                                  connect_timeout=self.connect_timeout, sslmode=self.sslmode,
-                                  statement_timeout=self.statement_timeout)
-                if self._channels:  # a new session must subscribe again
-                    db.listen(conn, self._channels)
-                self._conn = conn
-            return self._conn
+        return self.session.conn
 
     @property
     def connected(self) -> bool:
-        return self._conn is not None and not self._conn.closed
+        return self.session.connected
 
     def check(self) -> None:
         """Reachable, and the schema is the one this code needs (the embedded server's is migrated here)."""
@@ -174,26 +158,14 @@ class JobQueue:
 
     def wakeup_fd(self) -> int | None:
         """The connection's socket while connected (for select() beside other fds); never connects."""
-        return self._conn.fileno() if self.connected else None
+        return self.session.fileno()
 
     def close(self) -> None:
-        if self._conn is not None and not self._conn.closed:
-            self._conn.close()
-        self._conn = None
+        self.session.close()
 
     def query(self, name: str, params: Mapping[str, Any] | None = None, cursor=None) -> list[dict]:
-        """Run one named statement of sql/queries.sql; a lost connection is dropped (reopened next time) and reported."""
-        try:
-            with self._lock, db.wrap_errors(f"query {name}"):
-                if cursor is not None:
-                    return self._queries.execute(cursor, name, params or {})
-                return self._queries.run(self.conn, name, params or {})
-        except Exception as exc:
-            if isinstance(exc.__cause__, db.ClientTimeout) and self._conn is not None:
-                self._conn.close()  # mid-conversation with a silent server: this session is unusable
-            if self._conn is not None and self._conn.closed:
-                self._conn = None
-            raise
+        """Run one named statement of sql/queries.sql (Session.run)."""
+        return self.session.run(name, params, cursor)
 
     def ping(self) -> None:
         db.ping(self.conn)
@@ -321,7 +293,7 @@ class JobQueue:
 
     def requeue_stale(self, stale_after: float, limit: int = 100) -> list[Job]:
         """Rescue running jobs whose heartbeat is stale and whose worker is gone (any host)."""
-        return self._queries.replanned(self.conn, lambda: self._requeue_stale(stale_after, limit))
+        return self.session.queries.replanned(self.conn, lambda: self._requeue_stale(stale_after, limit))
 
     def _requeue_stale(self, stale_after: float, limit: int) -> list[Job]:
         rescued: list[Job] = []
@@ -415,37 +387,15 @@ class JobQueue:
 
     def listen(self, *channels: str) -> None:
         """Subscribe this connection to NOTIFY channels (default: new claimable jobs), again after reconnects."""
-        new = [c for c in (channels or (db.LISTEN_CHANNEL,)) if c not in self._channels]
-        with self._lock:
-            db.listen(self.conn, new)
-        self._channels.extend(new)
+        self.session.listen(channels or (db.LISTEN_CHANNEL,))
 
     def notifications(self) -> list[tuple[str, str]]:
         """Read what has arrived, without blocking; returns (channel, payload) pairs."""
-        with self._lock:
-            conn = self.conn
-            try:
-                with db.wrap_errors("notifications"):
-                    conn.poll()
-            except Exception:
-                if conn.closed:
-                    self._conn = None
-                raise
-            got = [(n.channel, n.payload) for n in conn.notifies]
-            conn.notifies.clear()
-        return got
+        return self.session.notifications()
 
     def wait(self, timeout: float) -> list[tuple[str, str]]:
         """Block until a notification arrives or timeout passes; returns (channel, payload) pairs."""
-        conn = self.conn
-        if not conn.notifies:
-            try:
-                readable, _, _ = select.select([conn], [], [], max(0.0, timeout))
-            except (OSError, ValueError):  # the socket went away under us
-                readable = [conn]
-            if not readable:
-                return []
-        return self.notifications()
+        return self.session.wait(timeout)
 
 
 def _is_uuid(value: str) -> bool:

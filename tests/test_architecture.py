@@ -121,14 +121,12 @@ def test_every_queue_implements_the_whole_interface(impl):
             f"{impl.__name__}.{name} needs more arguments than the interface gives"
 
 
-def test_the_supervisor_stays_small():
-    """The review's aim for the supervisor: supervisor.py at most 500 lines, none of its classes (nor the child's) over 300."""
+def test_the_supervisor_stays_small_and_no_class_grows_past_300_lines():
+    """The review's aim: supervisor.py at most 500 lines, and no class over 300 (there, or anywhere)."""
     long = []
-    for name in ("supervisor.py", "pool.py", "child.py", "keeper.py"):
-        path = ROOT / "geoworker" / name
-        text = path.read_text()
-        for node in ast.walk(ast.parse(text)):
+    for path in sorted((ROOT / "geoworker").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES:
-                long.append(f"{name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+                long.append(f"{path.relative_to(ROOT)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert long == []
     assert len((ROOT / "geoworker" / "supervisor.py").read_text().splitlines()) <= 500

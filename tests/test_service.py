@@ -46,6 +46,14 @@ def make_service(cli_env, tmp_path):
         svc.stop()
 
 
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie not yet reaped counts): asked without a race with its reaping."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def busy_children(db: Database, service: Service) -> dict[int, str]:
     """pid -> job id for the service's children that are running a job right now."""
     mine = {c.pid for c in service.children()}
@@ -69,7 +77,7 @@ def test_sigkill_of_busy_children_again_and_again_loses_nothing(make_service, qu
             continue
         os.kill(pid, signal.SIGKILL)
         killed.append((pid, job_id))
-        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10)
+        wait_for(lambda: gone(pid), 10)
     wait_for(lambda: db.statuses() == {"succeeded": 20}, 120, what="all 20 jobs to succeed")
     assert len(killed) >= 3
     succeeded = db.rows("SELECT job_id, count(*) AS n FROM geo_job_events WHERE kind = 'succeeded' GROUP BY 1")
@@ -135,7 +143,7 @@ def test_unresponsive_child_is_killed(make_service, queue, db):
     wait_for(lambda: db.job(job.id)["status"] == "failed", 30)
     row = db.job(job.id)
     assert row["error_code"] == "timeout" and "stopped responding" in row["last_error"]
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 15,
+    wait_for(lambda: gone(pid), 15,
              what="the frozen child to be killed")
 
 
@@ -257,7 +265,7 @@ def test_cancel_of_a_running_job_stops_its_child(make_service, queue, db, cli_en
     from service import run_cli
 
     assert run_cli(["cancel", job.id], {**cli_env, "GEOWORKER_CONFIG": str(svc.config_path)}, cwd=tmp_path).returncode == 0
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 15,
+    wait_for(lambda: gone(pid), 15,
              what="the cancelled job's child to stop")
     assert db.job(job.id)["status"] == "cancelled"
     after = queue.enqueue("debug.noop")
@@ -390,7 +398,7 @@ def test_a_hung_database_does_not_stop_the_watchdog(make_service, queue, db, dsn
                            env={"DATABASE_URL": proxy.dsn})
         pid = wait_for(lambda: list(busy_children(db, svc)), 30, what="the job to start")[0]
         proxy.frozen.set()
-        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+        wait_for(lambda: gone(pid),
                  60, what="the overdue child to be killed while the database hangs")
         assert db.job(job.id)["status"] == "running", "nothing could have reached the database"
         proxy.frozen.clear()

@@ -131,9 +131,11 @@ export function render(root) {
       navigate(`/ui/jobs/${job.id}`);
     } catch (err) {
       if (err.status === 401) return;
-      replace(message, notice(`Refused: ${err.message}`));
       progressBox.hidden = true;
-      if (job) api(`/api/geo-jobs/${job.id}/cancel`, { method: "POST" }).catch(() => {}); // it will never get its input
+      // it will never get its input: cancelled before the refusal shows, so that what the page
+      // says and what the job list says agree
+      if (job) await api(`/api/geo-jobs/${job.id}/cancel`, { method: "POST" }).catch(() => {});
+      replace(message, notice(`Refused: ${err.message}`));
     } finally {
       busy = false;
       submit.disabled = false;
