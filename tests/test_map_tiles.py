@@ -284,6 +284,8 @@ def test_across_the_antimeridian_tiles_are_cut_on_both_sides_at_the_zooms_of_its
     assert all(x <= 2 or x >= last - 2 for x in xs)  # ... and nothing in between
     doc = json.loads((out / "pacific.tilejson.json").read_text())
     assert doc["bounds"][0] == -180.0 and doc["bounds"][2] == 180.0  # what map libraries can use
+    west, _, east, _ = got["bounds_wgs84"]  # the metadata: where the data is, as the PNG task says it
+    assert 178 < west < 180 < east < 185
     assert abs(doc["center"][0]) > 175 and 58 < doc["center"][1] < 61  # the data's middle, not 0 degrees
     worst = 0.0
     with rasterio.open(crossing) as ds:

@@ -479,3 +479,27 @@ def test_a_job_with_map_tiles_shows_the_tile_layer_its_tilejson_names(browser, a
     west, south, east, north = view["bounds"]
     assert west <= tj["bounds"][0] and south <= tj["bounds"][1] and east >= tj["bounds"][2] and north >= tj["bounds"][3]
     assert view["zoom"] >= 13, "the map was not fitted to the tiles' bounds"
+
+
+def test_a_tiles_job_across_the_antimeridian_is_fitted_to_its_data_and_shows_both_sides(browser, api, worker, db,
+                                                                                          tmp_path):
+    """TileJSON's bounds span -180..180 for such a layer (map libraries request nothing for west > east);
+    the page fits the view to the job's own bounds (178.7 to 184.2 E) and Leaflet fetches the tiles on
+    both sides of the antimeridian (x = 63 and, wrapped, x = 0 at zoom 6)."""
+    job = upload(api, "alice", rasters.across_antimeridian(tmp_path / "pacific.tif"), "geotiff_to_tiles")
+    worker.start()
+    wait_for(lambda: db.job(job["id"])["status"] == "succeeded", 90, what="the tiles job")
+    page = browser.page
+    asked: list[str] = []
+    page.on("requestfinished", lambda r: asked.append(r.url) if "/tiles/" in r.url else None)
+    browser.open(f"/ui/jobs/{job['id']}", user_token("alice"))
+    page.wait_for_function("""() => { const m = window.geoworkerMap && window.geoworkerMap.map;
+        return m && m.getZoom() >= 4 && document.querySelectorAll('#map .leaflet-tile-loaded').length >= 2; }""",
+                           timeout=20000)
+    view = page.evaluate("""() => { const b = window.geoworkerMap.map.getBounds();
+        return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()]; }""")
+    west, south, east, north = view
+    assert west <= 178.8 and east >= 184.2 and south <= 58.5 and north >= 60.4, view  # the data, whole
+    assert east - west < 60, view  # and not the whole width of the world
+    columns = {int(re.search(r"/tiles/6/(\d+)/", u).group(1)) for u in asked if "/tiles/6/" in u}
+    assert {0, 63} <= columns, asked

@@ -219,6 +219,7 @@ class Pyramid:
     boxes: tuple[tuple[float, float, float, float], ...]
     lonlat: tuple[float, float, float, float]  # (west, south, east, north) degrees, clipped: the published bounds
     center: tuple[float, float]  # (lon, lat) of the data's middle
+    data_lonlat: tuple[float, float, float, float]  # where the data is: across 180 degrees, east above 180
 
     def tile_ranges(self, zoom: int) -> list[tuple[int, int, int, int]]:
         """(x0, y0, x1, y1), inclusive, of each box at `zoom`."""
@@ -270,6 +271,13 @@ class Footprint:
     @property
     def across_antimeridian(self) -> bool:
         return len(self.boxes) == 2
+
+    @property
+    def continuous(self) -> tuple[float, float, float, float]:
+        """(west, south, east, north) with continuous longitudes (east above 180 across the antimeridian),
+        as the PNG task's bounds_wgs84: what a map fits its view to."""
+        west, south, east, north = self.lonlat
+        return (west, south, east + 360.0, north) if west > east else self.lonlat
 
     @property
     def published(self) -> tuple[float, float, float, float]:
@@ -363,7 +371,7 @@ def plan_pyramid(source: Source, zoom: tuple[int, int] | None) -> Pyramid:
         zoom = default_zooms(size, w, h)
     lo, hi = zoom
     block_zoom = max(lo, hi - int(math.log2(BLOCK_TILES)))
-    pyramid = Pyramid(lo, hi, block_zoom, place.boxes, place.published, place.center)
+    pyramid = Pyramid(lo, hi, block_zoom, place.boxes, place.published, place.center, place.continuous)
     count = pyramid.tile_count()
     if count > MAX_TILES:
         raise TooLarge(f"zoom {lo}-{hi} would make up to {count} tiles for this file (at most {MAX_TILES}): "
@@ -658,7 +666,7 @@ def make_tiles(src: str | Path, out_dir: str | Path, options: TileOptions, progr
         "dtype": source.ds.dtypes[0], "crs_epsg": (source.geo.crs.to_epsg() if source.geo.crs else None),
         "render_mode": plan.kind, "rendered_bands": list(plan.indexes),
         "output": {"format": "pmtiles", "tile_format": options.tile_format, "tile_size": TILE,
-                   "minzoom": pyramid.minzoom, "maxzoom": pyramid.maxzoom, "bounds_wgs84": list(pyramid.lonlat),
+                   "minzoom": pyramid.minzoom, "maxzoom": pyramid.maxzoom, "bounds_wgs84": list(pyramid.data_lonlat),
                    "tiles": sum(spool.per_zoom.values()), "tiles_per_zoom": dict(sorted(spool.per_zoom.items())),
                    "file_sizes": {"pmtiles": (out_dir / outputs["pmtiles"]).stat().st_size}},
     }

@@ -24,8 +24,11 @@ export function showOutput(element, { imageUrl, bounds, tilejson, imageCrs }) {
   let layer;
   let box = bounds;
   if (tilejson) {
-    box = tilejson.bounds || bounds;
-    const latLngBox = box ? L.latLngBounds([box[1], box[0]], [box[3], box[2]]) : undefined;
+    // the view fits the job's own bounds (across 180 degrees: east above 180, where TileJSON's
+    // bounds span the whole width so that map libraries request both sides)
+    box = bounds || tilejson.bounds;
+    const layerBox = tilejson.bounds || bounds;
+    const latLngBox = layerBox ? L.latLngBounds([layerBox[1], layerBox[0]], [layerBox[3], layerBox[2]]) : undefined;
     layer = L.tileLayer(tilejson.tiles[0], {
       minZoom: 0, maxZoom: Math.max(22, tilejson.maxzoom || 0), minNativeZoom: tilejson.minzoom,
       maxNativeZoom: tilejson.maxzoom, bounds: latLngBox, tms: tilejson.scheme === "tms",

@@ -115,7 +115,7 @@ export function render(root, { params }) {
     if (!meta) return fill(metaList, [], job.status === "succeeded" ? "none recorded" : "once the job has succeeded");
     const out = meta.output || {};
     const crs = meta.crs_epsg ? `EPSG:${meta.crs_epsg}` : (meta.crs && meta.crs.epsg ? `EPSG:${meta.crs.epsg}` : "–");
-    const box = meta.bounds_wgs84;
+    const box = meta.bounds_wgs84 || out.bounds_wgs84;
     fill(metaList, [
       meta.width ? ["Size", `${meta.width} × ${meta.height} pixels`] : null,
       meta.bands || meta.count ? ["Bands", `${meta.bands || meta.count}${meta.dtype ? ` (${meta.dtype})` : ""}`] : null,
@@ -163,7 +163,9 @@ export function render(root, { params }) {
     mapCard.hidden = false;
     if (mapHandle) mapHandle.destroy();
     const outputCrs = meta.output && meta.output.crs_epsg;
-    mapHandle = showOutput(mapBox, { imageUrl: image && image.url, bounds: meta.bounds_wgs84, tilejson,
+    // a tiles job keeps its bounds with its output (across 180 degrees: east above 180)
+    const bounds = meta.bounds_wgs84 || (meta.output && meta.output.bounds_wgs84);
+    mapHandle = showOutput(mapBox, { imageUrl: image && image.url, bounds, tilejson,
                                      imageCrs: outputCrs });
     mapNote.textContent = tilejson ? "The job's map tiles." : outputCrs === 4326 || outputCrs === 3857 ? "The output image on its WGS84 bounds."
       : "The output image placed on its WGS84 bounds; it is not in a map projection, so the placement is approximate.";
