@@ -342,7 +342,8 @@ def cmd_token(args) -> int:
     if not settings.api.jwt_secret:
         raise ConfigError("api.jwt_secret: required to sign a token (GEOWORKER_API_JWT_SECRET)")
     try:
-        token = tokens.mint(settings.api.jwt_secret, args.user, operator=args.operator, ttl=args.ttl)
+        token = tokens.mint(settings.api.jwt_secret, args.user, operator=args.operator,
+                            ttl=tokens.DEFAULT_TTL if args.ttl is None else args.ttl)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     print(tokens.sign_in_link(api_base(settings), token) if args.link else token)
@@ -425,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("token", cmd_token, "print a JWT for the API and the dashboard (signed with api.jwt_secret)")
     p.add_argument("--user", required=True, metavar="NAME", help="the token's subject: whose jobs it sees")
     p.add_argument("--operator", action="store_true", help='an operator\'s token ("role": "operator"): every job')
-    p.add_argument("--ttl", type=float, default=8 * 3600, metavar="SECONDS", help="valid this long (default 8 h)")
+    p.add_argument("--ttl", type=float, metavar="SECONDS", help="valid this long (default 8 h, at most a year)")
     p.add_argument("--link", action="store_true", help="print the dashboard's sign-in URL (<api>/ui#token=...)")
     p = add("demo", cmd_demo, "make a sample GeoTIFF, run it through the queue, show the outputs")
     p.add_argument("--keep-going", action="store_true", help="leave the service running afterwards (Ctrl-C stops)")

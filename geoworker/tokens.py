@@ -15,7 +15,8 @@ import jwt
 
 OPERATOR_ROLE = "operator"
 DEFAULT_TTL = 8 * 3600  # seconds: a working day
-MAX_SUBJECT = 200
+MAX_TTL = 366 * 86400  # seconds: a year; the platform issues its users' long-lived tokens itself
+MAX_SUBJECT = 200  # characters of `sub` (the API refuses a longer one)
 
 
 def mint(secret: str, user: str, *, operator: bool = False, ttl: float = DEFAULT_TTL,
@@ -23,14 +24,14 @@ def mint(secret: str, user: str, *, operator: bool = False, ttl: float = DEFAULT
     """A signed token for `user`, valid `ttl` seconds.
 
     Raises:
-        ValueError: an empty secret or user, a user name too long, a ttl not above 0.
+        ValueError: an empty secret or user, a user name too long, a ttl not within (0, MAX_TTL].
     """
     if not secret:
         raise ValueError("api.jwt_secret is empty (GEOWORKER_API_JWT_SECRET)")
     if not user or len(user) > MAX_SUBJECT or "\x00" in user:
         raise ValueError(f"the user name must be 1 to {MAX_SUBJECT} characters")
-    if not ttl > 0:
-        raise ValueError("the ttl must be more than 0 seconds")
+    if not 0 < ttl <= MAX_TTL:  # NaN fails too
+        raise ValueError(f"the ttl must be more than 0 and at most {MAX_TTL} seconds (a year)")
     issued = int(time.time() if now is None else now)
     claims = {"sub": user, "iat": issued, "exp": issued + int(ttl)}
     if operator:

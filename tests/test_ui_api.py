@@ -105,6 +105,9 @@ def test_tasks_route_lists_the_registry_with_its_parameters_and_the_upload_limit
     assert requests.get(api.url("/api/tasks"), timeout=10).status_code == 401
     me = requests.get(api.url("/api/me"), headers=operator(), timeout=10).json()
     assert (me["sub"], me["operator"]) == ("olga", True)
+    # a validly signed token that expires past year 9999 is no date: null, not a 500
+    far = requests.get(api.url("/api/me"), headers=bearer("ann", expires_in=1e12), timeout=10)
+    assert far.status_code == 200 and far.json()["expiresAt"] is None, far.text
 
 
 def test_a_user_sees_only_their_jobs_and_an_operator_sees_and_acts_on_all(api, db):
@@ -300,13 +303,14 @@ def test_token_command_prints_a_token_or_a_sign_in_link(cli_env, tmp_path):
     link = r.stdout.strip()
     assert link.startswith("https://geo.example/ui#token=")
     claims = jwt.decode(link.split("#token=")[1], JWT_SECRET, algorithms=["HS256"])
-    assert claims["sub"] == "bo" and "role" not in claims
+    assert claims["sub"] == "bo" and "role" not in claims and claims["exp"] - claims["iat"] == 8 * 3600
     r = run_cli(["token", "--user", "bo"], cli_env, tmp_path)
     assert r.returncode == 2 and r.stderr.strip().endswith("api.jwt_secret: required to sign a token "
                                                            "(GEOWORKER_API_JWT_SECRET)"), r.stderr
     assert "Traceback" not in r.stderr
-    r = run_cli(["token", "--user", "bo", "--ttl", "0"], env, tmp_path)
-    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "ttl" in r.stderr
+    for ttl in ("0", "inf", "nan", "1e300"):  # one line each, never a traceback (inf overflowed int())
+        r = run_cli(["token", "--user", "bo", "--ttl", ttl], env, tmp_path)
+        assert r.returncode != 0 and r.stderr.count("\n") == 1 and "ttl" in r.stderr, (ttl, r.stderr)
 
 
 # --- the pages' shell and files --------------------------------------------------------------

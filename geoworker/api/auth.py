@@ -26,10 +26,9 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 
 from geoworker.api.errors import ApiError, unauthorized
 from geoworker.api.wire import WORKER_HEADER, WORKER_ID_PATTERN, WORKER_SCHEME
-from geoworker.tokens import OPERATOR_ROLE
+from geoworker.tokens import MAX_SUBJECT, OPERATOR_ROLE
 
 CLOCK_SKEW = 5  # seconds of leeway on exp/nbf/iat
-MAX_SUBJECT = 200
 
 # documented in the OpenAPI document; the checks below read the header themselves for precise answers
 bearer_scheme = HTTPBearer(auto_error=False, bearerFormat="JWT", scheme_name="UserJWT",

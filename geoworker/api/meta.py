@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from geoworker.api.auth import Viewer, current_viewer
 from geoworker.api.schemas import Me, TaskCatalog
 from geoworker.api.user import api_state
+from geoworker.storage.registry import backend_class
 from geoworker.tasks import registry
 
 router = APIRouter(prefix="/api", tags=["meta"])
@@ -29,7 +30,10 @@ def task_doc(task, settings) -> dict[str, Any]:
 
 @router.get("/me", response_model=Me, summary="Who the token says the caller is", responses=AUTH_ERRORS)
 def me(viewer: Viewer = Depends(current_viewer)):
-    expires = dt.datetime.fromtimestamp(viewer.expires, dt.timezone.utc).isoformat() if viewer.expires else None
+    try:
+        expires = dt.datetime.fromtimestamp(viewer.expires, dt.timezone.utc).isoformat() if viewer.expires else None
+    except (OverflowError, ValueError, OSError):  # an exp past year 9999: signed, valid, and not a date
+        expires = None
     return {"sub": viewer.sub, "operator": viewer.operator, "expiresAt": expires}
 
 
@@ -39,5 +43,5 @@ def tasks(request: Request, _viewer: Viewer = Depends(current_viewer)):
     settings = api_state(request).settings
     return {"tasks": [task_doc(t, settings) for t in registry.available(settings).values()],
             "limits": {"maxFileSize": settings.storage.max_file_size,
-                       "uploads": settings.storage.backend != "http",
+                       "uploads": backend_class(settings.storage.backend).refuses_local_inputs is None,
                        "validateHeaders": settings.storage.validate_headers}}
