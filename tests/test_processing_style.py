@@ -205,6 +205,18 @@ def test_the_attribute_tables_colours_colour_the_classes_and_the_legend(tmp_path
         assert read.class_table(ds, 1).colours == table
 
 
+def test_a_colour_table_with_nan_or_inf_cells_keeps_the_rest_and_renders(tmp_path):
+    src = rasters.classes(tmp_path / "odd.tif", (1, 2, 3), size=60)
+    rows = ('<Row index="0"><F>1</F><F>255</F><F>0</F><F>0</F></Row>'
+            '<Row index="1"><F>2</F><F>nan</F><F>0</F><F>0</F></Row>'
+            '<Row index="2"><F>3</F><F>0</F><F>inf</F><F>0</F></Row>')
+    (tmp_path / "odd.tif.aux.xml").write_text(COLOUR_RAT.format(type=0, rows=rows))
+    with rasterio.open(src) as ds:
+        assert read.class_table(ds, 1).colours == {1: (255, 0, 0)}
+    _, pixels, meta = run(src, tmp_path)  # no traceback: values 2 and 3 take the class palette
+    assert meta["render_mode"] == "categorical" and (255, 0, 0) in colours(pixels[..., :3])
+
+
 def test_category_names_name_the_classes(tmp_path):
     src = rasters.classes(tmp_path / "zones.tif", (0, 1, 2), size=60)
     (tmp_path / "zones.tif.aux.xml").write_text(

@@ -12,6 +12,7 @@ valid edges keep their colour instead of fading into black.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from xml.etree import ElementTree
 from concurrent.futures import ThreadPoolExecutor
@@ -144,7 +145,7 @@ def plan_bands(ds: rasterio.DatasetReader, bands: tuple[int, ...] | None, detect
     table = ClassTable({}, {})
     if kind == "grey" and detect_classes:
         table = class_table(ds, indexes[0])
-        classes = band_classes(ds, indexes[0], {**{v: "" for v in table.colours}, **table.names})
+        classes = band_classes(ds, indexes[0], table)
         if classes:
             kind = "categorical"
     return BandPlan(kind, indexes, alpha, _mask_kind(ds, indexes, alpha), tuple(warnings), classes,
@@ -161,27 +162,27 @@ def _rgb_bands(interp: list[ColorInterp], data: list[int]) -> tuple[int, ...]:
     return tuple(data[:3])
 
 
-def band_classes(ds: rasterio.DatasetReader, index: int, names: dict[int, str] | None = None) -> tuple[int, ...]:
+def band_classes(ds: rasterio.DatasetReader, index: int, table: "ClassTable | None" = None) -> tuple[int, ...]:
     """The class values of a band that holds classes (land cover, labels, masks), else ().
 
-    A band is a class raster when it has a table of class names (a raster attribute table
-    or category names, see class_names), when its description says so, or when a sample of
+    A band is a class raster when it has a table of classes (a raster attribute table with
+    names or colours, or category names: see class_table), when its description says so, or when a sample of
     its full-resolution pixels (PROBE_WINDOWS windows spread over the image, at most one
     block each: cheap on any size) holds a few distinct values (see style.looks_categorical).
 
     Args:
         ds: an open dataset.
         index: the 1-based band.
-        names: its class names, when already read.
+        table: its class table, when already read.
     Returns:
-        the sorted class values (named or found), or () for a continuous band.
+        the sorted class values (listed in the table or found), or () for a continuous band.
     """
     dtype = np.dtype(ds.dtypes[index - 1])
     if dtype not in (np.uint8, np.uint16):
         return ()
-    names = class_names(ds, index) if names is None else names
-    if names:
-        return tuple(v for v in sorted(names) if 0 <= v <= np.iinfo(dtype).max)
+    listed = (class_table(ds, index) if table is None else table).values
+    if listed:
+        return tuple(v for v in listed if 0 <= v <= np.iinfo(dtype).max)
     described = bool(CATEGORICAL_WORDS.search(ds.descriptions[index - 1] or ""))
     limit = 256 if described else MAX_CLASSES
     values = probe_values(ds, index, limit)
@@ -199,10 +200,10 @@ class ClassTable:
     names: dict[int, str]  # value -> name
     colours: dict[int, tuple[int, int, int]]  # value -> (r, g, b), from a RAT's Red/Green/Blue columns
 
-
-def class_names(ds: rasterio.DatasetReader, index: int) -> dict[int, str]:
-    """A band's class names ({value: name}; {} when it has none): see class_table."""
-    return class_table(ds, index).names
+    @property
+    def values(self) -> tuple[int, ...]:
+        """The class values the table lists (named, coloured or both), sorted."""
+        return tuple(sorted(set(self.names) | set(self.colours)))
 
 
 def class_table(ds: rasterio.DatasetReader, index: int) -> ClassTable:
@@ -275,9 +276,11 @@ def _rat(table: ElementTree.Element) -> ClassTable:
             names[int(value)] = name[:100]
         if None not in rgb_cols:
             try:
-                raw[int(value)] = tuple(float(cells[c]) for c in rgb_cols)
+                rgb = tuple(float(cells[c]) for c in rgb_cols)
             except (IndexError, ValueError):
-                pass
+                continue
+            if all(math.isfinite(c) for c in rgb):  # "nan" parses, and would not round
+                raw[int(value)] = rgb
     # colours as fractions (ERDAS Imagine) or as 0-255
     scale = 255.0 if raw and max(max(c) for c in raw.values()) <= 1.0 else 1.0
     colours = {v: tuple(int(min(255.0, max(0.0, round(c * scale)))) for c in rgb) for v, rgb in raw.items()}
