@@ -208,22 +208,46 @@ def encode_tile(tile: np.ndarray, fmt: str, quality: int) -> bytes:
 
 
 @dataclass(frozen=True)
+class Footprint:
+    """Where a source lies on the Web-Mercator square, clipped to it."""
+
+    # (left, bottom, right, top) metres, clipped to the square: one box, or two for a raster
+    # across the antimeridian (its part east of -180 and its part west of 180 degrees)
+    boxes: tuple[tuple[float, float, float, float], ...]
+    lonlat: tuple[float, float, float, float]  # (west, south, east, north) degrees; west > east across 180
+    center: tuple[float, float]  # (lon, lat) degrees of the source's middle
+
+    @property
+    def across_antimeridian(self) -> bool:
+        return len(self.boxes) == 2
+
+    @property
+    def continuous(self) -> tuple[float, float, float, float]:
+        """(west, south, east, north) with continuous longitudes (east above 180 across the antimeridian),
+        as the PNG task's bounds_wgs84: what a map fits its view to."""
+        west, south, east, north = self.lonlat
+        return (west, south, east + 360.0, north) if west > east else self.lonlat
+
+    @property
+    def published(self) -> tuple[float, float, float, float]:
+        """The bounds for TileJSON and the PMTiles header: across 180 degrees the whole width, since
+        map libraries (Leaflet, MapLibre) request no tile at all for a box whose west exceeds its east."""
+        west, south, east, north = self.lonlat
+        return (-180.0, south, 180.0, north) if west > east else self.lonlat
+
+
+@dataclass(frozen=True)
 class Pyramid:
     """What to cut: zooms, where the data is, and the blocks of the deepest zoom."""
 
     minzoom: int
     maxzoom: int
     block_zoom: int  # the zoom of one block's top tile
-    # (left, bottom, right, top) metres, clipped to the square: one box, or two for a raster
-    # across the antimeridian (its part east of -180 and its part west of 180 degrees)
-    boxes: tuple[tuple[float, float, float, float], ...]
-    lonlat: tuple[float, float, float, float]  # (west, south, east, north) degrees, clipped: the published bounds
-    center: tuple[float, float]  # (lon, lat) of the data's middle
-    data_lonlat: tuple[float, float, float, float]  # where the data is: across 180 degrees, east above 180
+    place: Footprint  # where the data is: its box(es) in metres, its bounds and middle in degrees
 
     def tile_ranges(self, zoom: int) -> list[tuple[int, int, int, int]]:
         """(x0, y0, x1, y1), inclusive, of each box at `zoom`."""
-        return [tile_range(box, zoom) for box in self.boxes]
+        return [tile_range(box, zoom) for box in self.place.boxes]
 
     def meets(self, zoom: int, x: int, y: int) -> bool:
         """Whether tile (zoom, x, y) meets the data's box(es)."""
@@ -260,33 +284,6 @@ class Pyramid:
         return out
 
 
-@dataclass(frozen=True)
-class Footprint:
-    """Where a source lies on the Web-Mercator square, clipped to it."""
-
-    boxes: tuple[tuple[float, float, float, float], ...]  # metres: one, or two across the antimeridian
-    lonlat: tuple[float, float, float, float]  # (west, south, east, north) degrees; west > east across 180
-    center: tuple[float, float]  # (lon, lat) degrees of the source's middle
-
-    @property
-    def across_antimeridian(self) -> bool:
-        return len(self.boxes) == 2
-
-    @property
-    def continuous(self) -> tuple[float, float, float, float]:
-        """(west, south, east, north) with continuous longitudes (east above 180 across the antimeridian),
-        as the PNG task's bounds_wgs84: what a map fits its view to."""
-        west, south, east, north = self.lonlat
-        return (west, south, east + 360.0, north) if west > east else self.lonlat
-
-    @property
-    def published(self) -> tuple[float, float, float, float]:
-        """The bounds for TileJSON and the PMTiles header: across 180 degrees the whole width, since
-        map libraries (Leaflet, MapLibre) request no tile at all for a box whose west exceeds its east."""
-        west, south, east, north = self.lonlat
-        return (-180.0, south, 180.0, north) if west > east else self.lonlat
-
-
 def footprint(source: Source) -> Footprint:
     """The source's box in Web-Mercator metres and in degrees, clipped to the Web-Mercator square.
 
@@ -315,8 +312,9 @@ def footprint(source: Source) -> Footprint:
     west, east = max(west, -180.0), min(east, 180.0)
     spans = [(west, 180.0), (-180.0, east)] if west > east else [(west, east)]
     boxes = tuple((*lonlat_to_metres(w, south), *lonlat_to_metres(e, north)) for w, e in spans)
-    if not (math.isfinite(clon) and math.isfinite(clat)):
-        clon, clat = (west + east) / 2, (south + north) / 2
+    if not (math.isfinite(clon) and math.isfinite(clat)):  # the middle of the box, across 180 degrees too
+        clon = ((west + east + (360.0 if west > east else 0.0)) / 2 + 180.0) % 360.0 - 180.0
+        clat = (south + north) / 2
     return Footprint(boxes, (west, south, east, north), (clon, min(max(clat, south), north)))
 
 
@@ -371,7 +369,7 @@ def plan_pyramid(source: Source, zoom: tuple[int, int] | None) -> Pyramid:
         zoom = default_zooms(size, w, h)
     lo, hi = zoom
     block_zoom = max(lo, hi - int(math.log2(BLOCK_TILES)))
-    pyramid = Pyramid(lo, hi, block_zoom, place.boxes, place.published, place.center, place.continuous)
+    pyramid = Pyramid(lo, hi, block_zoom, place)
     count = pyramid.tile_count()
     if count > MAX_TILES:
         raise TooLarge(f"zoom {lo}-{hi} would make up to {count} tiles for this file (at most {MAX_TILES}): "
@@ -546,8 +544,8 @@ class _Spool:
 def _archive_header(pyramid: Pyramid, fmt: str) -> dict:
     from pmtiles.tile import Compression, TileType
 
-    west, south, east, north = pyramid.lonlat
-    lon, lat = pyramid.center
+    west, south, east, north = pyramid.place.published
+    lon, lat = pyramid.place.center
     return {
         "tile_compression": Compression.NONE, "tile_type": TileType(TILE_TYPES[fmt]),
         "min_lon_e7": int(west * 1e7), "min_lat_e7": int(south * 1e7),
@@ -568,12 +566,12 @@ def tilejson(name: str, pyramid: Pyramid, options: TileOptions, tiles_url: str |
     Returns:
         a JSON-serialisable dict.
     """
-    west, south, east, north = (round(v, 7) for v in pyramid.lonlat)
+    west, south, east, north = (round(v, 7) for v in pyramid.place.published)
     return {
         "tilejson": "3.0.0", "name": name, "scheme": "xyz",
         "tiles": [tiles_url or f"tiles/{{z}}/{{x}}/{{y}}.{options.extension}"],
         "minzoom": pyramid.minzoom, "maxzoom": pyramid.maxzoom, "bounds": [west, south, east, north],
-        "center": [round(pyramid.center[0], 7), round(pyramid.center[1], 7), pyramid.minzoom],
+        "center": [round(pyramid.place.center[0], 7), round(pyramid.place.center[1], 7), pyramid.minzoom],
         "format": options.tile_format, "attribution": "", "description": "raster tiles made by geoworker",
     }
 
@@ -666,7 +664,7 @@ def make_tiles(src: str | Path, out_dir: str | Path, options: TileOptions, progr
         "dtype": source.ds.dtypes[0], "crs_epsg": (source.geo.crs.to_epsg() if source.geo.crs else None),
         "render_mode": plan.kind, "rendered_bands": list(plan.indexes),
         "output": {"format": "pmtiles", "tile_format": options.tile_format, "tile_size": TILE,
-                   "minzoom": pyramid.minzoom, "maxzoom": pyramid.maxzoom, "bounds_wgs84": list(pyramid.data_lonlat),
+                   "minzoom": pyramid.minzoom, "maxzoom": pyramid.maxzoom, "bounds_wgs84": list(pyramid.place.continuous),
                    "tiles": sum(spool.per_zoom.values()), "tiles_per_zoom": dict(sorted(spool.per_zoom.items())),
                    "file_sizes": {"pmtiles": (out_dir / outputs["pmtiles"]).stat().st_size}},
     }
