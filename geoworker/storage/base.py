@@ -256,8 +256,16 @@ class Backend(abc.ABC):
         raise UnsupportedOperation(f"storage.backend = {self.name!r} cannot take sidecar files")
 
     def discard_input(self, ref: Mapping[str, Any]) -> None:
-        """Remove an input (and its sidecars) stored by receive_input or import_file whose job went away
-        meanwhile (cancelled during its upload); default: leave it."""
+        """Remove an input and its sidecars, stored by receive_input or import_file, whose job went
+        away meanwhile (cancelled during its upload): each through discard_file."""
+        sidecars = ref.get("sidecars") or []
+        for entry in [ref, *(s for s in sidecars[:MAX_SIDECARS] if isinstance(s, Mapping))]:
+            self.discard_file(entry)
+
+    def discard_file(self, entry: Mapping[str, Any]) -> None:
+        """Remove one stored input file (the input or a sidecar) by its reference; default: leave it.
+
+        A reference is data: remove only what lies where this backend keeps inputs."""
 
 
 def local_input_path(root: str | os.PathLike, raw: Any) -> Path:

@@ -75,11 +75,10 @@ class LocalBackend(Backend):
         logger.info("stored input {} ({} bytes) for job {}", safe, size, job_id)
         return ref
 
-    def discard_input(self, ref: Mapping[str, Any]) -> None:
-        # only files under the root: the reference came from receive_input, but it is data
-        for path in [ref.get("path"), *(s.get("path") for s in ref.get("sidecars") or [] if isinstance(s, Mapping))]:
-            with contextlib.suppress(OSError, InvalidInput):
-                os.unlink(local_input_path(self.root, path))
+    def discard_file(self, entry: Mapping[str, Any]) -> None:
+        # only a file under the root
+        with contextlib.suppress(OSError, InvalidInput):
+            os.unlink(local_input_path(self.root, entry.get("path")))
 
     def import_file(self, job_id: str, path: str | os.PathLike) -> dict[str, Any]:
         path = Path(path)

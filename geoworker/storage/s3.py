@@ -182,25 +182,23 @@ class S3Backend(Backend):
         self._upload(path, key)
         return {"url": self.url(key), "name": safe_filename(name), "size": size, "sha256": sha256_file(path)}
 
-    def discard_input(self, ref: Mapping[str, Any]) -> None:
-        """Delete an input and its sidecars stored by import_file whose job went away meanwhile.
-
-        Only objects of this backend's bucket under `<prefix>/jobs/<id>/input/`: a reference is data.
-        """
+    def discard_file(self, entry: Mapping[str, Any]) -> None:
+        """Delete one object import_file or import_sidecar stored: only in this backend's bucket,
+        under `<prefix>/jobs/<id>/input/`."""
+        url = str(entry.get("url"))
+        try:
+            bucket, key = parse_s3_url(url)
+        except InvalidInput:
+            return
         prefix = "/".join(p for p in (self.s3.prefix.strip("/"), "jobs") if p) + "/"
-        for url in [ref.get("url"), *(s.get("url") for s in ref.get("sidecars") or [] if isinstance(s, Mapping))]:
-            try:
-                bucket, key = parse_s3_url(str(url))
-            except InvalidInput:
-                continue
-            parts = key[len(prefix):].split("/") if key.startswith(prefix) else []
-            if bucket != self.bucket or len(parts) != 3 or parts[1] != "input":
-                continue
-            try:
-                self.client.delete_object(Bucket=bucket, Key=key)
-                logger.info("discarded {}", url)
-            except Exception as exc:  # an object left behind costs storage, not correctness
-                logger.warning("could not discard {}: {}", url, exc)
+        parts = key[len(prefix):].split("/") if key.startswith(prefix) else []
+        if bucket != self.bucket or len(parts) != 3 or parts[1] != "input":
+            return
+        try:
+            self.client.delete_object(Bucket=bucket, Key=key)
+            logger.info("discarded {}", url)
+        except Exception as exc:  # an object left behind costs storage, not correctness
+            logger.warning("could not discard {}: {}", url, exc)
 
     # --- outputs ---------------------------------------------------------------------
 
