@@ -193,7 +193,7 @@ class JobQueue:
     def queue_pending(self, job_id: str, input: Any, data: Mapping[str, Any] | None = None) -> Job:
         """A pending job's input has arrived: queue it."""
         rows = self.query("queue_pending_job", {"id": job_id, "input": _json(input), "data": _json(data),
-                                               "actor": self.worker_id})
+                                                "actor": self.worker_id})
         if not rows:
             job = self.get(job_id)
             raise InvalidState(f"job {job_id} is {job.status}, not pending")
@@ -219,12 +219,12 @@ class JobQueue:
         """Record progress (an event too); True while this worker still holds the job."""
         percent = max(0, min(100, int(percent)))
         return bool(self.query("report_progress", {"id": job_id, "worker": self.worker_id,
-                                                  "progress": percent, "message": message}))
+                                                   "progress": percent, "message": message}))
 
     def complete(self, job_id: str, outputs: Any = None, result: Any = None) -> Job:
         """Mark the job succeeded; LockLost if this worker no longer holds it."""
         rows = self.query("complete_job", {"id": job_id, "worker": self.worker_id,
-                                          "outputs": _json(outputs), "result": _json(result)})
+                                           "outputs": _json(outputs), "result": _json(result)})
         if not rows:
             self._refuse(job_id, "complete")
         return Job.from_row(rows[0])
@@ -238,7 +238,7 @@ class JobQueue:
             worker's to run.
         """
         [row] = self.query("complete_and_claim", {"id": job_id, "worker": self.worker_id,
-                                                 "outputs": _json(outputs), "result": _json(result)})
+                                                  "outputs": _json(outputs), "result": _json(result)})
         completed = bool(row.pop("completed"))
         next_job = Job.from_row(row) if row.get("id") is not None else None
         if not completed:
@@ -277,14 +277,14 @@ class JobQueue:
     def release(self, job_id: str, holder: str, message: str, delay: float = 0.0) -> Job:
         """Give `holder`'s running job back to the queue without counting the attempt (claimable after `delay` s)."""
         rows = self.query("release_job", {"id": job_id, "worker": holder, "actor": self.worker_id,
-                                         "message": message, "delay": float(delay)})
+                                          "message": message, "delay": float(delay)})
         if not rows:
             self._refuse(job_id, "release", holder=holder)
         return Job.from_row(rows[0])
 
     def _refuse(self, job_id: str, operation: str, holder: str | None = None, cursor=None):
         rows = self.query("refuse_stale_result", {"id": job_id, "worker": holder or self.worker_id,
-                                                 "operation": operation}, cursor=cursor)
+                                                  "operation": operation}, cursor=cursor)
         if not rows:
             raise JobNotFound(f"no job {job_id}")
         job = self.get(job_id) if cursor is None else None
@@ -327,7 +327,7 @@ class JobQueue:
 
     def add_event(self, job_id: str, kind: str, message: str, data: Mapping[str, Any] | None = None) -> None:
         self.query("add_event", {"id": job_id, "kind": kind, "message": message, "worker": self.worker_id,
-                                "data": _json(data)})
+                                 "data": _json(data)})
 
     # --- reading ----------------------------------------------------------------------
 
@@ -344,7 +344,7 @@ class JobQueue:
              task: str | None = None, offset: int = 0) -> list[Job]:
         """The newest jobs first, `limit` of them after skipping `offset`."""
         rows = self.query("list_jobs", {"status": status, "limit": int(limit), "owner": owner, "task": task,
-                                       "offset": int(offset)})
+                                        "offset": int(offset)})
         return [Job.from_row(r) for r in rows]
 
     def events(self, job_id: str, owner: str | None = None) -> list[dict[str, Any]]:
@@ -368,7 +368,7 @@ class JobQueue:
                         host: str | None = None) -> None:
         """Announce a process; host defaults to this one (the API passes a remote worker's own)."""
         self.query("register_worker", {"id": worker_id, "host": host or db.hostname(), "pid": pid, "kind": kind,
-                                      "parent_id": parent_id})
+                                       "parent_id": parent_id})
 
     def touch_workers(self, workers: Iterable[Mapping[str, Any]]) -> None:
         """Mark workers alive now: each {id, rss, current_job, jobs_done}."""

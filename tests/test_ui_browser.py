@@ -456,10 +456,11 @@ def shrink(path: Path) -> None:
 # --- the tile layer ---------------------------------------------------------------------------
 
 
-def test_a_job_with_map_tiles_shows_the_tile_layer_its_tilejson_names(browser, api, worker, db, tmp_path):
-    """A real geotiff_to_tiles job: the page reads its TileJSON (with the viewer's token) and Leaflet
-    fetches the tiles from the template's signed URLs, without headers, from the API itself."""
-    job = upload(api, "alice", geotiff(tmp_path / "site.tif", 150, 200), "geotiff_to_tiles", {"zoom": "13-16"})
+def show_tiles_job(browser, api, worker, db, src: Path, payload=None, *, zoom: int, tiles: int):
+    """Run a real geotiff_to_tiles job on `src` and open its page; wait until the map is fitted and
+    settled (zoom >= `zoom`, at least `tiles` tiles loaded: a tile seen during the zoom animation may
+    be replaced by the next zoom's). Returns (the job, the tile URLs asked, {zoom, bounds} of the view)."""
+    job = upload(api, "alice", src, "geotiff_to_tiles", payload)
     worker.start()
     wait_for(lambda: db.job(job["id"])["status"] == "succeeded", 90, what="the tiles job")
     page = browser.page
@@ -467,14 +468,21 @@ def test_a_job_with_map_tiles_shows_the_tile_layer_its_tilejson_names(browser, a
     page.on("requestfinished", lambda r: asked.append(r.url) if "/tiles/" in r.url else None)
     browser.open(f"/ui/jobs/{job['id']}", user_token("alice"))
     sync_api.expect(page.locator("#map")).to_have_attribute("data-layer", "tiles")
-    # fitted and settled: a tile seen during the zoom animation may be replaced by the next zoom's
-    page.wait_for_function("""() => { const m = window.geoworkerMap && window.geoworkerMap.map;
-        return m && m.getZoom() >= 13 && document.querySelectorAll('#map .leaflet-tile-loaded').length >= 1; }""",
-                           timeout=20000)
-    pattern = re.escape(api.base + f"/api/geo-jobs/{job['id']}/tiles/") + r"1[3-6]/\d+/\d+\.png\?expires=\d+&signature=[0-9a-f]+"
-    assert asked and all(re.fullmatch(pattern, u) for u in asked), asked
+    page.wait_for_function("""([zoom, tiles]) => { const m = window.geoworkerMap && window.geoworkerMap.map;
+        return m && m.getZoom() >= zoom && document.querySelectorAll('#map .leaflet-tile-loaded').length >= tiles; }""",
+                           arg=[zoom, tiles], timeout=20000)
     view = page.evaluate("""() => { const m = window.geoworkerMap.map, b = m.getBounds();
         return {zoom: m.getZoom(), bounds: [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()]}; }""")
+    return job, asked, view
+
+
+def test_a_job_with_map_tiles_shows_the_tile_layer_its_tilejson_names(browser, api, worker, db, tmp_path):
+    """A real geotiff_to_tiles job: the page reads its TileJSON (with the viewer's token) and Leaflet
+    fetches the tiles from the template's signed URLs, without headers, from the API itself."""
+    job, asked, view = show_tiles_job(browser, api, worker, db, geotiff(tmp_path / "site.tif", 150, 200),
+                                      {"zoom": "13-16"}, zoom=13, tiles=1)
+    pattern = re.escape(api.base + f"/api/geo-jobs/{job['id']}/tiles/") + r"1[3-6]/\d+/\d+\.png\?expires=\d+&signature=[0-9a-f]+"
+    assert asked and all(re.fullmatch(pattern, u) for u in asked), asked
     tj = requests.get(api.url(f"{GEO_JOBS}/{job['id']}/tilejson.json"), headers=bearer("alice"), timeout=10).json()
     west, south, east, north = view["bounds"]
     assert west <= tj["bounds"][0] and south <= tj["bounds"][1] and east >= tj["bounds"][2] and north >= tj["bounds"][3]
@@ -486,19 +494,9 @@ def test_a_tiles_job_across_the_antimeridian_is_fitted_to_its_data_and_shows_bot
     """TileJSON's bounds span -180..180 for such a layer (map libraries request nothing for west > east);
     the page fits the view to the job's own bounds (178.7 to 184.2 E) and Leaflet fetches the tiles on
     both sides of the antimeridian (x = 63 and, wrapped, x = 0 at zoom 6)."""
-    job = upload(api, "alice", rasters.across_antimeridian(tmp_path / "pacific.tif"), "geotiff_to_tiles")
-    worker.start()
-    wait_for(lambda: db.job(job["id"])["status"] == "succeeded", 90, what="the tiles job")
-    page = browser.page
-    asked: list[str] = []
-    page.on("requestfinished", lambda r: asked.append(r.url) if "/tiles/" in r.url else None)
-    browser.open(f"/ui/jobs/{job['id']}", user_token("alice"))
-    page.wait_for_function("""() => { const m = window.geoworkerMap && window.geoworkerMap.map;
-        return m && m.getZoom() >= 4 && document.querySelectorAll('#map .leaflet-tile-loaded').length >= 2; }""",
-                           timeout=20000)
-    view = page.evaluate("""() => { const b = window.geoworkerMap.map.getBounds();
-        return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()]; }""")
-    west, south, east, north = view
+    _, asked, view = show_tiles_job(browser, api, worker, db, rasters.across_antimeridian(tmp_path / "pacific.tif"),
+                                    zoom=4, tiles=2)
+    west, south, east, north = view["bounds"]
     assert west <= 178.8 and east >= 184.2 and south <= 58.5 and north >= 60.4, view  # the data, whole
     assert east - west < 60, view  # and not the whole width of the world
     columns = {int(re.search(r"/tiles/6/(\d+)/", u).group(1)) for u in asked if "/tiles/6/" in u}
